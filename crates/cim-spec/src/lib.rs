@@ -1,0 +1,12 @@
+//! The CIM contract.
+//!
+//! Everything a backend must compute and every pure formula of Correlational Image
+//! Modeling lives here, free of `std`, files, threads and clocks, so that the model, the
+//! reference oracle, every backend and every tool agree on one definition. Section
+//! numbers (S1..S12) refer to `SPEC.md`.
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod rng;
