@@ -9,4 +9,14 @@
 
 extern crate alloc;
 
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod geometry;
+pub mod init;
+pub mod loss;
+pub mod ops;
+pub mod pos_embed;
 pub mod rng;
+pub mod schedule;
+pub mod tolerance;

@@ -1,0 +1,113 @@
+//! Building blocks shared by the encoder and the decoder: whole-buffer views, disjoint
+//! gradient views, the linear layer and the pre-norm transformer block's MLP half, each
+//! as a forward and its backward written in exact reverse order.
+
+use core::ops::Range;
+
+use cim_spec::backend::{Backend, GemmArgs, Memory};
+use cim_spec::ops;
+
+/// Result of the backend `B`.
+pub(crate) type Res<B> = Result<(), <B as Memory>::Error>;
+
+/// LayerNorm epsilon of S3 (timm's ViT uses 1e-6).
+pub(crate) const LN_EPS: f32 = 1e-6;
+
+/// A view of a whole buffer.
+pub(crate) fn all<'a, B: Memory>(b: &'a B, buf: &'a B::Buffer) -> B::View<'a> {
+    b.view(buf, 0..B::buffer_len(buf))
+}
+
+/// An exclusive view of a whole buffer.
+pub(crate) fn all_mut<'a, B: Memory>(b: &'a B, buf: &'a mut B::Buffer) -> B::ViewMut<'a> {
+    let n = B::buffer_len(buf);
+    b.view_mut(buf, 0..n)
+}
+
+/// Two disjoint exclusive views of one buffer (in either order).
+pub(crate) fn pair_mut<'a, B: Memory>(
+    b: &'a B,
+    buf: &'a mut B::Buffer,
+    r1: Range<usize>,
+    r2: Range<usize>,
+) -> (B::ViewMut<'a>, B::ViewMut<'a>) {
+    let (lo, hi, swapped) = if r1.start <= r2.start {
+        (r1, r2, false)
+    } else {
+        (r2, r1, true)
+    };
+    assert!(lo.end <= hi.start, "pair_mut: ranges overlap");
+    let span = b.view_mut(buf, lo.start..hi.end);
+    let (first, rest) = B::split_mut(span, lo.len());
+    let (_, second) = B::split_mut(rest, hi.start - lo.end);
+    if swapped {
+        (second, first)
+    } else {
+        (first, second)
+    }
+}
+
+/// Sizes of a linear layer applied to `rows` vectors.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Linear {
+    pub rows: usize,
+    pub inp: usize,
+    pub out: usize,
+}
+
+impl Linear {
+    /// `y[rows, out] = x[rows, in] W^T + bias` with `W` stored `[out, in]` (S1).
+    pub(crate) fn forward<B: Backend>(
+        &self,
+        b: &B,
+        mut y: B::ViewMut<'_>,
+        x: B::View<'_>,
+        w: B::View<'_>,
+        bias: B::View<'_>,
+    ) -> Res<B> {
+        let args = GemmArgs::single(self.rows, self.out, self.inp, false, true);
+        ops::gemm(b, B::reborrow(&mut y), x, w, &args)?;
+        ops::add_broadcast(b, y, bias, self.rows, self.out, 1)
+    }
+
+    /// Parameter gradients, accumulated: `dW += dy^T x`, `dbias += sum_rows dy`.
+    pub(crate) fn backward_params<B: Backend>(
+        &self,
+        b: &B,
+        grads: &mut B::Buffer,
+        w: &Range<usize>,
+        bias: &Range<usize>,
+        dy: B::View<'_>,
+        x: B::View<'_>,
+    ) -> Res<B> {
+        let args = GemmArgs {
+            beta: 1.0,
+            ..GemmArgs::single(self.out, self.inp, self.rows, true, false)
+        };
+        ops::gemm(b, b.view_mut(grads, w.clone()), dy, x, &args)?;
+        ops::sum_broadcast(
+            b,
+            b.view_mut(grads, bias.clone()),
+            dy,
+            self.rows,
+            self.out,
+            1,
+        )
+    }
+
+    /// Input gradient `dx = dy W` (written, or accumulated when `accumulate`).
+    pub(crate) fn backward_input<B: Backend>(
+        &self,
+        b: &B,
+        dx: B::ViewMut<'_>,
+        dy: B::View<'_>,
+        w: B::View<'_>,
+        accumulate: bool,
+    ) -> Res<B> {
+        let args = GemmArgs {
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ..GemmArgs::single(self.rows, self.inp, self.out, false, false)
+        };
+        ops::gemm(b, dx, dy, w, &args)
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command (README): everything CI proves, short of formatting and lints.
+# - the no_std proof for cim-spec and cim-model (and that it can fail);
+# - every crate's tests, the conformance suite on every in-tree backend included;
+# - the candle-core second opinion on the reference's ops (feature `candle`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/check-nostd.sh
+cargo test --workspace
+cargo test -p conformance --features candle
