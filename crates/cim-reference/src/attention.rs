@@ -236,7 +236,7 @@ pub fn pack(
     }
 }
 
-/// [`cim_spec::backend::Attention::self_attention_forward`]: attention over packed `qkv`
+/// Implements [`cim_spec::backend::Attention::self_attention_forward`]: attention over packed `qkv`
 /// `[B, N, 3D]` (q | k | v). Writes `out` `[B, N, D]` and `probs` `[B, H, N, N]`.
 pub fn self_attention_forward(
     out: &mut [f64],
@@ -255,7 +255,7 @@ pub fn self_attention_forward(
     attention_forward(out, probs, &q, &k, &v, args);
 }
 
-/// [`cim_spec::backend::Attention::self_attention_backward`]: writes `dqkv` `[B, N, 3D]`
+/// Implements [`cim_spec::backend::Attention::self_attention_backward`]: writes `dqkv` `[B, N, 3D]`
 /// (dq | dk | dv) and the score gradient dS into `scratch` `[B, H, N, N]`.
 pub fn self_attention_backward(
     dqkv: &mut [f64],
@@ -284,7 +284,7 @@ pub fn self_attention_backward(
     pack(dqkv, &dv, batch, n, dim, 3, 2);
 }
 
-/// [`cim_spec::backend::Attention::cross_attention_forward`]: queries `q` `[B, Nq, D]`
+/// Implements [`cim_spec::backend::Attention::cross_attention_forward`]: queries `q` `[B, Nq, D]`
 /// against packed `kv` `[B, Nk, 2D]` (k | v). Writes `out` `[B, Nq, D]` and `probs`
 /// `[B, H, Nq, Nk]`.
 pub fn cross_attention_forward(
@@ -300,7 +300,7 @@ pub fn cross_attention_forward(
     attention_forward(out, probs, q, &k, &v, args);
 }
 
-/// [`cim_spec::backend::Attention::cross_attention_backward`]: writes `dq` `[B, Nq, D]`,
+/// Implements [`cim_spec::backend::Attention::cross_attention_backward`]: writes `dq` `[B, Nq, D]`,
 /// `dkv` `[B, Nk, 2D]` (dk | dv) and dS into `scratch` `[B, H, Nq, Nk]`.
 pub fn cross_attention_backward(
     dq: &mut [f64],

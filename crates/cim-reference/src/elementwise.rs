@@ -10,7 +10,7 @@ const FRAC_1_SQRT_2: f64 = core::f64::consts::FRAC_1_SQRT_2;
 /// `1 / sqrt(2 pi)`, the normal density's constant.
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
-/// [`cim_spec::backend::Elementwise::add_assign`]: `x += y` (the residual add).
+/// Implements [`cim_spec::backend::Elementwise::add_assign`]: `x += y` (the residual add).
 pub fn add_assign(x: &mut [f64], y: &[f64]) {
     assert_eq!(x.len(), y.len(), "add_assign: y");
     for i in 0..x.len() {
@@ -18,14 +18,14 @@ pub fn add_assign(x: &mut [f64], y: &[f64]) {
     }
 }
 
-/// [`cim_spec::backend::Elementwise::scale`]: `x *= alpha`.
+/// Implements [`cim_spec::backend::Elementwise::scale`]: `x *= alpha`.
 pub fn scale(x: &mut [f64], alpha: f64) {
     for v in x.iter_mut() {
         *v *= alpha;
     }
 }
 
-/// [`cim_spec::backend::Elementwise::add_broadcast`]: `out[o, l, i] += v[l]` over
+/// Implements [`cim_spec::backend::Elementwise::add_broadcast`]: `out[o, l, i] += v[l]` over
 /// `out` `[outer, len, inner]` (bias, position embedding, per-channel bias).
 pub fn add_broadcast(out: &mut [f64], v: &[f64], outer: usize, len: usize, inner: usize) {
     assert_eq!(out.len(), outer * len * inner, "add_broadcast: out");
@@ -55,7 +55,7 @@ pub fn sum_broadcast(dv: &mut [f64], dout: &[f64], outer: usize, len: usize, inn
     }
 }
 
-/// [`cim_spec::backend::Elementwise::repeat_forward`]: `out[b, k, :] = x[b, :]` for
+/// Implements [`cim_spec::backend::Elementwise::repeat_forward`]: `out[b, k, :] = x[b, :]` for
 /// `out` `[batch, copies, len]` and `x` `[batch, len]` (writes).
 pub fn repeat_forward(out: &mut [f64], x: &[f64], batch: usize, copies: usize, len: usize) {
     assert_eq!(out.len(), batch * copies * len, "repeat_forward: out");
@@ -69,7 +69,7 @@ pub fn repeat_forward(out: &mut [f64], x: &[f64], batch: usize, copies: usize, l
     }
 }
 
-/// [`cim_spec::backend::Elementwise::repeat_backward`]: `dx[b, :] = sum_k dout[b, k, :]`
+/// Implements [`cim_spec::backend::Elementwise::repeat_backward`]: `dx[b, :] = sum_k dout[b, k, :]`
 /// (writes; the sum runs over `k` in order).
 pub fn repeat_backward(dx: &mut [f64], dout: &[f64], batch: usize, copies: usize, len: usize) {
     assert_eq!(dout.len(), batch * copies * len, "repeat_backward: dout");
@@ -104,7 +104,7 @@ pub fn gelu_grad(x: f64) -> f64 {
     cdf + x * pdf
 }
 
-/// [`cim_spec::backend::Elementwise::gelu_forward`]: `out = gelu(x)` (writes).
+/// Implements [`cim_spec::backend::Elementwise::gelu_forward`]: `out = gelu(x)` (writes).
 pub fn gelu_forward(out: &mut [f64], x: &[f64]) {
     assert_eq!(out.len(), x.len(), "gelu_forward: x");
     for i in 0..x.len() {

@@ -34,7 +34,7 @@ fn span(batch: usize, stride: usize, size: usize) -> usize {
     }
 }
 
-/// [`cim_spec::backend::Gemm::gemm`]: for each `b < batch`,
+/// Implements [`cim_spec::backend::Gemm::gemm`]: for each `b < batch`,
 /// `C_b = alpha * op(A_b) op(B_b) + beta * C_b` with `A_b = a[b * stride_a ..]`,
 /// `B_b = b[b * stride_b ..]` (a stride of 0 broadcasts one matrix) and
 /// `C_b = c[b * stride_c ..]`. With `beta == 0` every element of each `C_b` is written and

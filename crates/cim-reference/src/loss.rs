@@ -83,7 +83,7 @@ fn check(op: &str, logits: &[f64], target: &[f64], args: &MapLossArgs) {
     assert_eq!(target.len(), args.maps * args.pixels, "{op}: target");
 }
 
-/// [`cim_spec::backend::MapLossOps::map_loss_forward`]: returns
+/// Implements [`cim_spec::backend::MapLossOps::map_loss_forward`]: returns
 /// `scale * sum_n (1/P) sum_p l_n,p` (the trait writes it to `loss[0]`). Pixels are summed
 /// in order within a map, then the per-map means in map order.
 pub fn map_loss_forward(logits: &[f64], target: &[f64], args: &MapLossArgs) -> f64 {
@@ -103,13 +103,13 @@ pub fn map_loss_forward(logits: &[f64], target: &[f64], args: &MapLossArgs) -> f
     f64::from(args.scale) * total
 }
 
-/// [`cim_spec::backend::MapLossOps::map_loss_backward`]:
+/// Implements [`cim_spec::backend::MapLossOps::map_loss_backward`]:
 /// `dlogits[n, c, p] = (scale / P) * dl_n,p / dlogits[n, c, p]` (writes).
 pub fn map_loss_backward(dlogits: &mut [f64], logits: &[f64], target: &[f64], args: &MapLossArgs) {
     check("map_loss_backward", logits, target, args);
     assert_eq!(dlogits.len(), logits.len(), "map_loss_backward: dlogits");
     let (channels, pixels) = (args.kind.channels(), args.pixels);
-    let factor = f64::from(args.scale);
+    let factor = f64::from(args.scale) / pixels as f64;
     for n in 0..args.maps {
         let map_logits = &logits[n * channels * pixels..(n + 1) * channels * pixels];
         let map_target = &target[n * pixels..(n + 1) * pixels];

@@ -2,7 +2,7 @@
 //! backward, row by row. The mean and the variance are two separate passes (the textbook
 //! definition, no running-sum shortcut).
 
-/// [`cim_spec::backend::Norm::layernorm_forward`]: for each row of `cols` values,
+/// Implements [`cim_spec::backend::Norm::layernorm_forward`]: for each row of `cols` values,
 /// `mean = sum x / cols`, `rstd = 1 / sqrt(sum (x - mean)^2 / cols + eps)`,
 /// `out = (x - mean) rstd gamma + beta`. Writes `out` `[rows, cols]`, `mean` and `rstd`
 /// `[rows]`.

@@ -43,7 +43,7 @@ pub fn ema_update(target: &mut [f64], online: &[f64], momentum: f64) {
     }
 }
 
-/// [`cim_spec::backend::Optim::sum_squares`]: `sum x^2`, in index order (the trait writes
+/// Implements [`cim_spec::backend::Optim::sum_squares`]: `sum x^2`, in index order (the trait writes
 /// it to `out[0]`). Any NaN or infinity in `x` makes it non-finite.
 pub fn sum_squares(x: &[f64]) -> f64 {
     let mut sum = 0.0;

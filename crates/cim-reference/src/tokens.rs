@@ -4,7 +4,7 @@
 
 use cim_spec::backend::PatchArgs;
 
-/// [`cim_spec::backend::Tokens::patchify`]: `img` `[B, C, H, W]` to `out`
+/// Implements [`cim_spec::backend::Tokens::patchify`]: `img` `[B, C, H, W]` to `out`
 /// `[B, (H/p)(W/p), C p p]`; patch `t = gy * (W/p) + gx` (row-major grid), its values in
 /// `(c, ky, kx)` order: `out[b, t, (c p + ky) p + kx] = img[b, c, gy p + ky, gx p + kx]`.
 /// Writes.
@@ -49,7 +49,7 @@ pub fn patchify(out: &mut [f64], img: &[f64], args: &PatchArgs) {
     }
 }
 
-/// [`cim_spec::backend::Tokens::prepend_cls_forward`]: `out[b, 0, :] = cls`,
+/// Implements [`cim_spec::backend::Tokens::prepend_cls_forward`]: `out[b, 0, :] = cls`,
 /// `out[b, 1 + t, :] = patches[b, t, :]` for `out` `[B, 1+T, D]` (writes).
 pub fn prepend_cls_forward(
     out: &mut [f64],
@@ -82,7 +82,7 @@ pub fn prepend_cls_forward(
     }
 }
 
-/// [`cim_spec::backend::Tokens::prepend_cls_backward`]: `dcls += sum_b dout[b, 0, :]`
+/// Implements [`cim_spec::backend::Tokens::prepend_cls_backward`]: `dcls += sum_b dout[b, 0, :]`
 /// (accumulates) and, when given, `dpatches[b, t, :] = dout[b, 1 + t, :]` (writes).
 pub fn prepend_cls_backward(
     dpatches: Option<&mut [f64]>,
@@ -122,7 +122,7 @@ pub fn prepend_cls_backward(
     }
 }
 
-/// [`cim_spec::backend::Tokens::mean_pool_forward`]: `out[b, :] = mean_{t=1..=T} x[b, t, :]`
+/// Implements [`cim_spec::backend::Tokens::mean_pool_forward`]: `out[b, :] = mean_{t=1..=T} x[b, t, :]`
 /// for `x` `[B, 1+T, D]`, the class token excluded (writes; `T >= 1`).
 pub fn mean_pool_forward(out: &mut [f64], x: &[f64], batch: usize, tokens: usize, dim: usize) {
     assert!(tokens > 0, "mean_pool_forward: tokens");
@@ -139,7 +139,7 @@ pub fn mean_pool_forward(out: &mut [f64], x: &[f64], batch: usize, tokens: usize
     }
 }
 
-/// [`cim_spec::backend::Tokens::mean_pool_backward`]: `dx[b, 0, :] = 0`,
+/// Implements [`cim_spec::backend::Tokens::mean_pool_backward`]: `dx[b, 0, :] = 0`,
 /// `dx[b, t, :] = dout[b, :] / T` for `t >= 1` (writes).
 pub fn mean_pool_backward(dx: &mut [f64], dout: &[f64], batch: usize, tokens: usize, dim: usize) {
     assert!(tokens > 0, "mean_pool_backward: tokens");
@@ -179,7 +179,7 @@ pub fn upsample_source(i: usize, in_len: usize, out_len: usize) -> (usize, usize
     (lo, hi, s - lo as f64)
 }
 
-/// [`cim_spec::backend::Tokens::upsample_bilinear_forward`]: `x` `[N, h, w]` to `out`
+/// Implements [`cim_spec::backend::Tokens::upsample_bilinear_forward`]: `x` `[N, h, w]` to `out`
 /// `[N, H, W]`, output (i, j) interpolating the four source neighbours of
 /// [`upsample_source`] on each axis (writes). All four taps are always read, as PyTorch
 /// does, so a NaN also reaches the outputs for which its weight is 0.
@@ -216,8 +216,8 @@ pub fn upsample_bilinear_forward(
     }
 }
 
-/// [`cim_spec::backend::Tokens::upsample_bilinear_backward`]: the transpose of
-/// [`upsample_bilinear_forward`]: each `dout[n, i, j]` is spread onto its four source
+/// Implements [`cim_spec::backend::Tokens::upsample_bilinear_backward`]: the transpose of
+/// [`upsample_bilinear_forward`], where each `dout[n, i, j]` is spread onto its four source
 /// taps with the forward's weights (writes `dx`, zeroed first; contributions are added
 /// in output order).
 pub fn upsample_bilinear_backward(

@@ -1,4 +1,11 @@
-//! The pre-training tool (issue 5): trainer, checkpoints, export, evaluation, the CLI.
+//! The CIM run: what a user of either binary touches.
 //!
-//! This crate holds no code yet: its issue has not been taken. It exists so the workspace
-//! layout of DESIGN.md is in place and dependency arrows can be checked from the start.
+//! Generic over the backend, so `cim-cpu` and `cim-cuda` are a few lines each that pick
+//! a backend and call [`cli::run`]. So far it holds the step dump that lets tools outside
+//! Rust (the PyTorch parity script under `benches/pytorch/`) check one training step
+//! against ours; the trainer, checkpoints, export and evaluation join it with issue 5.
+
+pub mod cli;
+pub mod dump;
+pub mod synthetic;
+pub mod tensors;
