@@ -1,0 +1,6 @@
+//! The CLI on the f64 reference backend (slow, exact): `cargo run -p cim-train --example
+//! reference_cli -- step-dump --model micro --out DIR` gives the oracle's step dump.
+
+fn main() -> anyhow::Result<()> {
+    cim_train::cli::main(cim_reference::Reference::new())
+}
