@@ -17,7 +17,10 @@ from timm.models.vision_transformer import Block, Mlp
 
 
 def resize_pos(pos, g0, g):
-    """S3: bicubic resize of a [1, 1+g0^2, D] table to g x g with scale (g+0.1)/g0."""
+    """S3: bicubic resize of a [1, 1+g0^2, D] table to g x g with scale (g+0.1)/g0
+    (the table as it is at g0 itself, as timm uses it at its native resolution)."""
+    if g == g0:
+        return pos
     cls, grid = pos[:, :1], pos[:, 1:]
     d = grid.shape[-1]
     grid = grid.reshape(1, g0, g0, d).permute(0, 3, 1, 2)

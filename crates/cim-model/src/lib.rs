@@ -120,14 +120,20 @@ pub struct Cim<B: Backend> {
     online_grads: EncoderGrads<B>,
     decoder_grads: DecoderGrads<B>,
     loss: B::Buffer,
+    norm_sq: B::Buffer,
     steps: u64,
 }
 
 /// The fixed encoder position embedding for a `grid x grid` input (S3): the 2-D sin-cos
-/// table of the G0 grid, resized bicubically.
+/// table of the G0 grid, resized bicubically for "another grid size". At G0 itself the
+/// table is used as it is, as timm does at its native resolution (PyTorch's resize with
+/// scale (G0 + 0.1)/G0 would move it), so exported encoders give the same features there.
 fn encoder_pos(config: &ModelConfig, grid: usize) -> Result<Vec<f32>, PosEmbedError> {
     let e = &config.encoder;
     let base = pos_embed::sincos_2d(e.dim, e.pos_grid())?;
+    if grid == e.pos_grid() {
+        return Ok(base);
+    }
     pos_embed::resize_bicubic(&base, e.dim, e.pos_grid(), grid)
 }
 
@@ -173,6 +179,7 @@ impl<B: Backend> Cim<B> {
         let online_grads = EncoderGrads::new(b, &online)?;
         let decoder_grads = DecoderGrads::new(b, &decoder)?;
         let loss = b.alloc(1, Role::State)?;
+        let norm_sq = b.alloc(1, Role::State)?;
         Ok(Cim {
             config,
             layout,
@@ -188,6 +195,7 @@ impl<B: Backend> Cim<B> {
             online_grads,
             decoder_grads,
             loss,
+            norm_sq,
             steps: 0,
         })
     }
@@ -334,6 +342,39 @@ impl<B: Backend> Cim<B> {
         )
     }
 
+    /// The global gradient norm (over every trainable tensor), computed on the device;
+    /// non-finite when any gradient element is.
+    pub fn grad_norm(&mut self, b: &B) -> Result<f32, B::Error> {
+        ops::sum_squares(b, all_mut(b, &mut self.norm_sq), all(b, &self.grads))?;
+        let mut host = [0.0f32];
+        b.download(all(b, &self.norm_sq), &mut host)?;
+        Ok(libm::sqrtf(host[0]))
+    }
+
+    /// Clips the gradients to global norm `max_norm` (S6 option), reading the norm that
+    /// [`Cim::grad_norm`] left on the device.
+    pub fn clip_grads(&mut self, b: &B, max_norm: f32) -> Result<(), B::Error> {
+        ops::clip_by_norm(
+            b,
+            all_mut(b, &mut self.grads),
+            all(b, &self.norm_sq),
+            max_norm,
+        )
+    }
+
+    /// The name of the first trainable tensor (layout order) holding a non-finite
+    /// gradient, for the error that stops a run.
+    pub fn first_non_finite_grad(&self, b: &B) -> Result<Option<&str>, B::Error> {
+        let mut host = vec![0.0f32; self.layout.total];
+        b.download(all(b, &self.grads), &mut host)?;
+        Ok(self
+            .layout
+            .tensors
+            .iter()
+            .find(|t| host[t.range.clone()].iter().any(|v| !v.is_finite()))
+            .map(|t| t.name.as_str()))
+    }
+
     /// AdamW on every trainable tensor (S6: decay group and no-decay group, learning rate
     /// `opt.lr`), then the EMA update of the target with `momentum` (S7).
     pub fn optimizer_step(&mut self, b: &B, opt: &AdamW, momentum: f64) -> Result<(), B::Error> {
@@ -369,5 +410,83 @@ impl<B: Backend> Cim<B> {
             b.view(&self.params, l.ema.clone()),
             momentum as f32,
         )
+    }
+}
+
+/// Which encoder of a model to read (S12 export and S10 evaluation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderChoice {
+    /// The online network f (trained by AdamW).
+    Online,
+    /// The target network f* (the EMA copy).
+    Target,
+}
+
+/// Frozen-feature extraction (S10): an encoder pass over `batch` images of one size and
+/// the mean of the final LayerNorm's patch tokens, `[batch, D]`.
+pub struct FeatureExtractor<B: Backend> {
+    stream: EncoderStream<B>,
+    pooled: B::Buffer,
+}
+
+impl<B: Backend> FeatureExtractor<B> {
+    /// An extractor for `batch` square images of side `image_size` (a multiple of the
+    /// patch), with the position embedding resized to that grid (S3).
+    pub fn new(
+        b: &B,
+        config: &ModelConfig,
+        batch: usize,
+        image_size: usize,
+    ) -> Result<Self, ModelError<B::Error>> {
+        let p = config.encoder.patch;
+        if image_size == 0 || !image_size.is_multiple_of(p) {
+            return Err(ModelError::Config(ConfigError::NotMultiple {
+                what: "feature image size",
+                value: image_size,
+                of: p,
+            }));
+        }
+        let grid = image_size / p;
+        let pos = encoder_pos(config, grid).map_err(ModelError::PosEmbed)?;
+        let stream = EncoderStream::new(b, &config.encoder, batch, grid, &pos)?;
+        let pooled = b.alloc(batch * config.encoder.dim, Role::Activation)?;
+        Ok(FeatureExtractor { stream, pooled })
+    }
+
+    /// Encodes `images` (`[batch, 3, s, s]`, normalised) with `model`'s `which` encoder.
+    pub fn forward(
+        &mut self,
+        b: &B,
+        model: &Cim<B>,
+        which: EncoderChoice,
+        images: B::View<'_>,
+    ) -> Result<(), B::Error> {
+        let l = &model.layout;
+        let w = match which {
+            EncoderChoice::Online => Weights {
+                buf: &model.params,
+                shift: 0,
+            },
+            EncoderChoice::Target => Weights {
+                buf: &model.target,
+                shift: l.ema.start,
+            },
+        };
+        let cls = b.view(&model.params, l.cls.clone());
+        self.stream.forward(b, &w, &l.encoder, cls, images)?;
+        let d = self.stream.dims;
+        ops::mean_pool_forward(
+            b,
+            all_mut(b, &mut self.pooled),
+            all(b, &self.stream.hidden),
+            d.batch,
+            d.tokens - 1,
+            d.dim,
+        )
+    }
+
+    /// The pooled features of the last forward, `[batch, D]`.
+    pub fn features(&self) -> &B::Buffer {
+        &self.pooled
     }
 }

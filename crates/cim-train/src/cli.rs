@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
 use cim_spec::config::ModelConfig;
 use cim_spec::schedule::AdamW;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::dump::{self, DumpOptions};
+use crate::export;
+use crate::runs;
 
 /// CIM pre-training.
 #[derive(Parser, Debug)]
@@ -49,6 +52,43 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Export an encoder for timm (`vit_*_patch16_224` key names, safetensors) with a
+    /// config.json and a verification input with our features.
+    Export {
+        /// A checkpoint folder, or a run folder (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Which encoder.
+        #[arg(long, value_enum, default_value_t = Encoder::Target)]
+        encoder: Encoder,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the tensors (name, dtype, shape) of a safetensors file or of every file of a
+    /// checkpoint folder, and its state.
+    Inspect {
+        /// A .safetensors file, a checkpoint folder or a run folder.
+        path: PathBuf,
+    },
+}
+
+/// Which encoder to export or evaluate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Encoder {
+    /// The online network (trained by AdamW).
+    Online,
+    /// The target network (the EMA copy; the release fine-tunes this one).
+    Target,
+}
+
+impl From<Encoder> for EncoderChoice {
+    fn from(e: Encoder) -> Self {
+        match e {
+            Encoder::Online => EncoderChoice::Online,
+            Encoder::Target => EncoderChoice::Target,
+        }
+    }
 }
 
 /// Parses the process arguments and runs the subcommand on `backend`.
@@ -98,6 +138,43 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
                 opts.model_name,
                 out.display()
             );
+            Ok(())
+        }
+        Command::Export {
+            checkpoint,
+            encoder,
+            out,
+        } => {
+            let (_, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
+            let source = loc.checkpoint.display().to_string();
+            export::export(backend, &model, encoder.into(), &source, &out)?;
+            println!(
+                "exported the {encoder:?} encoder of {} (step {}) to {}",
+                loc.checkpoint.display(),
+                state.step,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Inspect { path } => {
+            let files: Vec<PathBuf> = if path.is_file() {
+                vec![path]
+            } else {
+                let loc = runs::locate(&path)?;
+                let state = std::fs::read_to_string(loc.checkpoint.join("state.json"))?;
+                println!("{}\n{state}", loc.checkpoint.display());
+                ["model.safetensors", "optimizer.safetensors"]
+                    .iter()
+                    .map(|f| loc.checkpoint.join(f))
+                    .collect()
+            };
+            for f in files {
+                let rows = export::inspect_file(&f)?;
+                println!("{} ({} tensors)", f.display(), rows.len());
+                for r in rows {
+                    println!("  {r}");
+                }
+            }
             Ok(())
         }
     }

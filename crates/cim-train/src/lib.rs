@@ -5,7 +5,13 @@
 //! Rust (the PyTorch parity script under `benches/pytorch/`) check one training step
 //! against ours; the trainer, checkpoints, export and evaluation join it with issue 5.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod dump;
+pub mod export;
+pub mod plot;
+pub mod recipe;
+pub mod runs;
 pub mod synthetic;
 pub mod tensors;
+pub mod trainer;

@@ -1,0 +1,402 @@
+//! The pre-training loop over any backend: S6 learning-rate schedule and accumulation,
+//! S7 momentum schedule and EMA, skipping of non-finite steps, metrics, checkpoints,
+//! resumption and graceful interruption.
+//!
+//! Micro-batch `i` of epoch `e` is always the same data (the source derives it from the
+//! seed, `e` and `i`), and every other piece of state is in the checkpoint, so stopping
+//! and resuming changes nothing: on the CPU a resumed run equals an uninterrupted one
+//! bit for bit (tested).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use cim_model::{Batch, Cim};
+use cim_spec::backend::Backend;
+use cim_spec::config::ModelConfig;
+use cim_spec::schedule::{self, AdamW, LrSchedule};
+use serde_json::json;
+
+use crate::checkpoint::{self, TrainState};
+use crate::plot;
+use crate::recipe::Recipe;
+use crate::synthetic::{self, HostBatch};
+
+/// Set by the SIGINT/SIGTERM handler: checkpoint at the next step boundary, then stop.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Where micro-batches come from.
+pub trait PairSource {
+    /// Micro-batches in one epoch.
+    fn batches_per_epoch(&self) -> u64;
+    /// Micro-batch `index` of `epoch`; the same arguments always give the same data.
+    fn batch(&mut self, epoch: u64, index: u64) -> Result<HostBatch>;
+    /// Seconds the last calls spent waiting for data (reset on read).
+    fn take_wait_seconds(&mut self) -> f64 {
+        0.0
+    }
+}
+
+/// Synthetic micro-batches (random pixels, real S2 maps): for tests and benchmarks.
+pub struct SyntheticSource {
+    /// The model the batches are shaped for.
+    pub config: ModelConfig,
+    /// Contexts per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per epoch.
+    pub per_epoch: u64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl PairSource for SyntheticSource {
+    fn batches_per_epoch(&self) -> u64 {
+        self.per_epoch
+    }
+    fn batch(&mut self, epoch: u64, index: u64) -> Result<HostBatch> {
+        let seed = cim_spec::rng::CimRng::derive(self.seed, &[epoch, index]).next_word();
+        synthetic::batch(&self.config, self.batch_size, seed)
+    }
+}
+
+/// How to start.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    /// A fresh run; refused if the run folder already holds checkpoints.
+    No,
+    /// Continue from the newest complete checkpoint of the run folder (fresh if none).
+    Auto,
+    /// Continue from this checkpoint folder.
+    From(PathBuf),
+}
+
+/// Options of a run beyond its recipe.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Resumption.
+    pub resume: Resume,
+    /// Stop after this many optimizer steps in total (for quick runs and tests).
+    pub max_steps: Option<u64>,
+    /// Draw a progress bar when standard error is a terminal.
+    pub progress: bool,
+    /// Devices taking part (scales the effective batch, S6).
+    pub world_size: usize,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Optimizer steps taken in total.
+    pub steps: u64,
+    /// Loss of the last micro-batch.
+    pub last_loss: f32,
+    /// Steps skipped for non-finite values.
+    pub skipped: u64,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether a signal stopped the run early.
+    pub interrupted: bool,
+}
+
+fn backend_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("backend: {e}")
+}
+
+/// Keeps only the metric lines of steps up to `step` (a resumed run rewrites what came
+/// after its checkpoint).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let keep: Vec<String> = BufReader::new(File::open(path)?)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    let mut text = keep.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))
+}
+
+/// The loss curve of a run folder's metrics as `loss.png`.
+pub fn plot_loss(run_dir: &Path) -> Result<PathBuf> {
+    let metrics = run_dir.join("metrics.jsonl");
+    let file = File::open(&metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let pts: Vec<(f64, f64)> = BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
+        .collect();
+    let out = run_dir.join("loss.png");
+    plot::line_chart(&out, "cim loss", "step", &pts)?;
+    Ok(out)
+}
+
+/// Runs (or continues) pre-training.
+pub fn pretrain<B: Backend>(
+    b: &B,
+    recipe: &Recipe,
+    source: &mut dyn PairSource,
+    opts: &TrainOptions,
+) -> Result<Summary> {
+    let config = recipe.model_config()?;
+    let o = &recipe.optim;
+    let run = &opts.run_dir;
+    fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
+    let resume_from = match &opts.resume {
+        Resume::No => {
+            if let Some(last) = checkpoint::list(run)?.last() {
+                bail!(
+                    "run folder {} already holds checkpoints (newest {}): pass --resume auto to continue it, or choose another --out",
+                    run.display(),
+                    last.display()
+                );
+            }
+            None
+        }
+        Resume::Auto => checkpoint::list(run)?.pop(),
+        Resume::From(p) => Some(p.clone()),
+    };
+    let recipe_path = run.join("recipe.toml");
+    if resume_from.is_some() && recipe_path.exists() {
+        let saved = Recipe::read_resolved(&recipe_path)?;
+        if saved.hash() != recipe.hash() {
+            bail!(
+                "the recipe differs from the one {} was started with ({}); resume with the same recipe and overrides",
+                run.display(),
+                recipe_path.display()
+            );
+        }
+    }
+    let tmp = run.join("recipe.toml.partial");
+    fs::write(&tmp, recipe.to_toml())?;
+    fs::rename(&tmp, &recipe_path)?;
+
+    let per_epoch = source.batches_per_epoch();
+    if per_epoch < o.accum_iter as u64 {
+        bail!(
+            "the data gives {per_epoch} micro-batches of {} per epoch, fewer than one optimizer step (accum_iter {}): add images or lower optim.batch_size",
+            o.batch_size,
+            o.accum_iter
+        );
+    }
+    let seed = recipe.run.seed;
+    let mut model =
+        Cim::new(b, config, o.batch_size, seed).map_err(|e| anyhow!("building the model: {e}"))?;
+    let mut state = TrainState {
+        format: checkpoint::FORMAT,
+        step: 0,
+        epoch: 0,
+        next_batch: 0,
+        skipped: 0,
+        seed,
+        recipe_hash: recipe.hash(),
+        backend: b.name().to_string(),
+    };
+    if let Some(dir) = &resume_from {
+        state = checkpoint::load(b, &mut model, dir, true)
+            .with_context(|| format!("resuming from {}", dir.display()))?;
+        if state.recipe_hash != recipe.hash() {
+            bail!(
+                "{} was written by another recipe; resume with the recipe of its run",
+                dir.display()
+            );
+        }
+        eprintln!(
+            "resuming from {} (step {}, epoch {}, batch {})",
+            dir.display(),
+            state.step,
+            state.epoch,
+            state.next_batch
+        );
+    }
+    let metrics_path = run.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, state.step)?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+
+    let eff_batch = o.batch_size * o.accum_iter * opts.world_size.max(1);
+    let peak = schedule::scaled_lr(o.blr, eff_batch);
+    let lr_schedule = LrSchedule::new(peak, o.min_lr, o.warmup_epochs, o.epochs as f64)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let total_micro = o.epochs as u64 * per_epoch;
+    let steps_per_epoch = per_epoch / o.accum_iter as u64;
+    let total_steps = opts
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(o.epochs as u64 * steps_per_epoch);
+    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total_steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .expect("a valid template"),
+        );
+        bar.set_position(state.step);
+        bar
+    });
+
+    let mut batch = Batch::new(b, &config, o.batch_size).map_err(backend_err)?;
+    let mut nonfinite_run = 0u32;
+    let mut last_loss = f32::NAN;
+    let mut last_ckpt = None;
+    let mut interrupted = false;
+    let mut window = (Instant::now(), 0u64, 0.0f64);
+    let accum = o.accum_iter as u64;
+    'epochs: for epoch in state.epoch..o.epochs as u64 {
+        let start = if epoch == state.epoch {
+            state.next_batch
+        } else {
+            0
+        };
+        // Whole accumulation groups only; a trailing partial group of an epoch is dropped.
+        let usable = steps_per_epoch * accum;
+        let mut group_loss = 0.0f32;
+        let mut lr = 0.0;
+        for i in start..usable {
+            if state.step >= total_steps {
+                break 'epochs;
+            }
+            if i % accum == 0 {
+                lr = lr_schedule.at(schedule::epoch_fraction(epoch, i, per_epoch));
+                model.zero_grads(b).map_err(backend_err)?;
+                group_loss = 0.0;
+            }
+            let host = source.batch(epoch, i)?;
+            window.2 += source.take_wait_seconds();
+            batch
+                .upload(b, &host.context, &host.exemplars, &host.maps)
+                .map_err(backend_err)?;
+            model
+                .forward_backward(b, &batch, o.accum_iter)
+                .map_err(backend_err)?;
+            let mut loss = [0.0f32];
+            b.download(b.view(model.loss(), 0..1), &mut loss)
+                .map_err(backend_err)?;
+            group_loss += loss[0];
+            if (i + 1) % accum != 0 {
+                continue;
+            }
+            let norm = model.grad_norm(b).map_err(backend_err)?;
+            let stepped = group_loss.is_finite() && norm.is_finite();
+            if !stepped {
+                state.skipped += 1;
+                nonfinite_run += 1;
+                let culprit = model
+                    .first_non_finite_grad(b)
+                    .map_err(backend_err)?
+                    .unwrap_or("the loss")
+                    .to_string();
+                eprintln!(
+                    "step {}: non-finite loss or gradient (first: {culprit}); step skipped",
+                    state.step + 1
+                );
+                if nonfinite_run >= recipe.run.max_nonfinite {
+                    bail!(
+                        "stopping at step {}: {nonfinite_run} steps in a row had non-finite values (first non-finite tensor: {culprit}); the last checkpoint is intact",
+                        state.step + 1
+                    );
+                }
+            } else {
+                nonfinite_run = 0;
+                if o.clip_grad > 0.0 {
+                    model
+                        .clip_grads(b, o.clip_grad as f32)
+                        .map_err(backend_err)?;
+                }
+                let momentum =
+                    schedule::ema_momentum(o.base_momentum, epoch * per_epoch + i, total_micro);
+                let adamw = AdamW {
+                    lr,
+                    beta1: o.betas[0],
+                    beta2: o.betas[1],
+                    eps: o.eps,
+                    weight_decay: o.weight_decay,
+                };
+                model
+                    .optimizer_step(b, &adamw, momentum)
+                    .map_err(backend_err)?;
+                state.step = model.steps();
+                last_loss = group_loss;
+                window.1 += 1;
+                if state.step.is_multiple_of(recipe.run.log_every) || state.step == total_steps {
+                    let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                    let img_s = (window.1 * eff_batch as u64) as f64 / secs;
+                    let line = json!({
+                        "step": state.step, "epoch": epoch, "loss": group_loss, "lr": lr,
+                        "momentum": momentum, "grad_norm": norm, "img_per_s": img_s,
+                        "data_wait": (window.2 / secs).min(1.0), "skipped": state.skipped,
+                    });
+                    writeln!(metrics, "{line}")?;
+                    metrics.flush()?;
+                    if let Some(bar) = &bar {
+                        bar.set_message(format!(
+                            "loss {group_loss:.4}  lr {lr:.2e}  {img_s:.1} img/s"
+                        ));
+                    }
+                    window = (Instant::now(), 0, 0.0);
+                }
+                if let Some(bar) = &bar {
+                    bar.set_position(state.step);
+                }
+            }
+            state.epoch = epoch;
+            state.next_batch = i + 1;
+            if state.next_batch == usable {
+                state.epoch = epoch + 1;
+                state.next_batch = 0;
+            }
+            let stop = STOP_REQUESTED.load(Ordering::SeqCst);
+            if stop || (stepped && state.step.is_multiple_of(recipe.run.checkpoint_every)) {
+                last_ckpt = Some(checkpoint::save(
+                    b,
+                    &model,
+                    &state,
+                    run,
+                    recipe.run.keep_last,
+                )?);
+            }
+            if stop {
+                eprintln!("stop requested: checkpoint written at step {}", state.step);
+                interrupted = true;
+                break 'epochs;
+            }
+        }
+    }
+    if !interrupted && last_ckpt.as_ref() != Some(&checkpoint::step_dir(run, state.step)) {
+        last_ckpt = Some(checkpoint::save(
+            b,
+            &model,
+            &state,
+            run,
+            recipe.run.keep_last,
+        )?);
+    }
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    drop(metrics);
+    plot_loss(run)?;
+    Ok(Summary {
+        steps: state.step,
+        last_loss,
+        skipped: state.skipped,
+        checkpoint: last_ckpt,
+        interrupted,
+    })
+}
