@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::dump::{self, DumpOptions};
 use crate::export;
 use crate::runs;
+use crate::trainer::STOP_REQUESTED;
+use std::sync::atomic::Ordering;
 
 /// CIM pre-training.
 #[derive(Parser, Debug)]
@@ -91,8 +93,20 @@ impl From<Encoder> for EncoderChoice {
     }
 }
 
-/// Parses the process arguments and runs the subcommand on `backend`.
+/// Parses the process arguments and runs the subcommand on `backend`. SIGINT and
+/// SIGTERM ask a running pre-training to checkpoint at the next step boundary and stop;
+/// a second signal exits at once.
 pub fn main<B: Backend>(backend: B) -> Result<()> {
+    let installed = ctrlc::set_handler(|| {
+        if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current step, then writing a checkpoint");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: no interrupt handler ({e}); Ctrl-C will stop without a checkpoint");
+    }
     run(&backend, Cli::parse())
 }
 

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod dump;
+pub mod eval;
 pub mod export;
 pub mod plot;
 pub mod recipe;
