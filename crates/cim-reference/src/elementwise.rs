@@ -92,14 +92,15 @@ pub fn erf(x: f64) -> f64 {
 
 /// Exact GELU (S3): `gelu(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2`.
 pub fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+    // 1 + erf(y) = erfc(-y): no cancellation for large negative x.
+    0.5 * x * libm::erfc(-x * FRAC_1_SQRT_2)
 }
 
 /// Derivative of [`gelu`]: `gelu'(x) = Phi(x) + x phi(x)` with the standard normal
 /// distribution `Phi(x) = (1 + erf(x / sqrt 2)) / 2` and density
 /// `phi(x) = exp(-x^2 / 2) / sqrt(2 pi)`.
 pub fn gelu_grad(x: f64) -> f64 {
-    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+    let cdf = 0.5 * libm::erfc(-x * FRAC_1_SQRT_2);
     let pdf = FRAC_1_SQRT_2PI * (-0.5 * x * x).exp();
     cdf + x * pdf
 }
@@ -132,6 +133,9 @@ mod tests {
         assert_eq!(gelu(0.0), 0.0);
         // gelu(-1) = -Phi(-1) = -(1 - Phi(1)).
         assert!((gelu(-1.0) + 0.158_655_253_931_457_05).abs() < 1e-15);
+        // Deep in the left tail: -10 Phi(-10) = -7.619853024160527e-23, which the
+        // `1 + erf` form would lose to cancellation (it returns 0).
+        assert!((gelu(-10.0) / -7.619_853_024_160_527e-23 - 1.0).abs() < 1e-12);
         // gelu'(0) = 1/2; gelu'(1) = Phi(1) + phi(1), phi(1) = 0.24197072451914337.
         assert_eq!(gelu_grad(0.0), 0.5);
         assert!(

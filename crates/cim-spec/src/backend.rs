@@ -295,8 +295,8 @@ pub trait Attention: Memory {
         qkv: Self::View<'_>,
         args: &AttentionArgs,
     ) -> Result<(), Self::Error>;
-    /// Writes `dqkv` `[B, N, 3D]`; `scratch` (`[B, H, N, N]`) is overwritten with the
-    /// score gradient.
+    /// Writes `dqkv` `[B, N, 3D]`; `scratch` (`[B, H, N, N]`) is working memory whose
+    /// contents on return are unspecified.
     fn self_attention_backward(
         &self,
         dqkv: Self::ViewMut<'_>,
@@ -317,7 +317,7 @@ pub trait Attention: Memory {
         args: &AttentionArgs,
     ) -> Result<(), Self::Error>;
     /// Writes `dq` `[B, Nq, D]` and `dkv` `[B, Nk, 2D]`; `scratch` (`[B, H, Nq, Nk]`) is
-    /// overwritten.
+    /// working memory whose contents on return are unspecified.
     #[allow(clippy::too_many_arguments)]
     fn cross_attention_backward(
         &self,

@@ -64,62 +64,70 @@ pub fn sigmoid<F: Float>(x: F) -> F {
 }
 
 /// Two-class softmax cross-entropy of one pixel: returns (loss, dloss/dl0, dloss/dl1)
-/// for logits (l0, l1) and target `inside` (class 1).
+/// for logits (l0, l1) and target `inside` (class 1). Written without cancellation: the
+/// loss is softplus(other - target) and the target's derivative is minus the other
+/// class's probability, so confident pixels keep full relative accuracy.
 pub fn softmax_ce_pixel<F: Float>(l0: F, l1: F, inside: bool) -> (F, F, F) {
-    let one = F::one();
-    let m = l0.max(l1);
-    let (e0, e1) = ((l0 - m).exp(), (l1 - m).exp());
-    let sum = e0 + e1;
-    let lse = m + sum.ln();
-    let (p0, p1) = (e0 / sum, e1 / sum);
+    // p1 = sigmoid(l1 - l0), p0 = sigmoid(l0 - l1).
+    let (p0, p1) = (sigmoid(l0 - l1), sigmoid(l1 - l0));
     if inside {
-        (lse - l1, p0, p1 - one)
+        (softplus(l0 - l1), p0, -p0)
     } else {
-        (lse - l0, p0 - one, p1)
+        (softplus(l1 - l0), -p1, p1)
     }
 }
 
 /// Binary cross-entropy of one logit `z` against `inside`, weighted by `weight`:
 /// returns (loss, dloss/dz).
 pub fn bce_pixel<F: Float>(z: F, inside: bool, weight: F) -> (F, F) {
-    let y = if inside { F::one() } else { F::zero() };
-    (weight * (softplus(z) - y * z), weight * (sigmoid(z) - y))
+    // softplus(z) - z = softplus(-z) and sigmoid(z) - 1 = -sigmoid(-z), without cancellation.
+    if inside {
+        (weight * softplus(-z), -weight * sigmoid(-z))
+    } else {
+        (weight * softplus(z), weight * sigmoid(z))
+    }
 }
 
 /// Squared error of the sigmoid probability: returns (loss, dloss/dz).
 pub fn mse_pixel<F: Float>(z: F, inside: bool) -> (F, F) {
-    let one = F::one();
-    let y = if inside { one } else { F::zero() };
-    let s = sigmoid(z);
-    let d = s - y;
-    (d * d, (one + one) * d * s * (one - s))
+    let two = F::one() + F::one();
+    // s - 1 = -sigmoid(-z): both factors of s (1 - s) come from a sigmoid directly.
+    let (s, one_minus_s) = (sigmoid(z), sigmoid(-z));
+    let d = if inside { -one_minus_s } else { s };
+    (d * d, two * d * s * one_minus_s)
 }
 
 /// Focal loss of one logit: returns (loss, dloss/dz). With s = sigmoid(z):
 /// inside: -a (1-s)^g ln s, derivative a (1-s)^g (g s ln s - (1 - s));
 /// outside: -(1-a) s^g ln(1-s), derivative (1-a) s^g (s - g (1-s) ln(1-s)).
+/// Both cases are the same formula in t = +-z, evaluated without cancellation.
 pub fn focal_pixel<F: Float>(z: F, inside: bool, alpha: F, gamma: F) -> (F, F) {
-    let one = F::one();
-    let s = sigmoid(z);
-    if inside {
-        let ln_s = -softplus(-z);
-        let w = alpha * (one - s).powf(gamma);
-        (-w * ln_s, w * (gamma * s * ln_s - (one - s)))
+    // With t = z inside and -z outside, p_t = sigmoid(t), 1 - p_t = sigmoid(-t) and
+    // ln p_t = -softplus(-t): the loss is w (1-p_t)^gamma softplus(-t) and its derivative
+    // in t is w (1-p_t)^gamma (gamma p_t ln p_t - (1 - p_t)); dz = +-dt.
+    let (t, w, sign) = if inside {
+        (z, alpha, F::one())
     } else {
-        let ln_1ms = -softplus(z);
-        let w = (one - alpha) * s.powf(gamma);
-        (-w * ln_1ms, w * (s - gamma * (one - s) * ln_1ms))
-    }
+        (-z, F::one() - alpha, -F::one())
+    };
+    let (pt, one_minus_pt) = (sigmoid(t), sigmoid(-t));
+    let ln_pt = -softplus(-t);
+    let weight = w * one_minus_pt.powf(gamma);
+    (
+        -weight * ln_pt,
+        sign * weight * (gamma * pt * ln_pt - one_minus_pt),
+    )
 }
 
 /// The class weights of the balanced BCE for one map with `positives` of `pixels`
 /// inside: (weight of an inside pixel, weight of an outside pixel) = (negative share,
 /// positive share).
 pub fn balanced_weights<F: Float>(positives: usize, pixels: usize) -> (F, F) {
-    let p = F::from(positives).unwrap_or_else(F::zero);
+    // Both shares from counts, so neither is a difference of nearly equal numbers.
     let n = F::from(pixels).unwrap_or_else(F::one);
-    let pos_share = p / n;
-    (F::one() - pos_share, pos_share)
+    let pos = F::from(positives).unwrap_or_else(F::zero);
+    let neg = F::from(pixels.saturating_sub(positives)).unwrap_or_else(F::zero);
+    (neg / n, pos / n)
 }
 
 #[cfg(test)]
@@ -163,6 +171,37 @@ mod tests {
         assert!((focal_pixel(0.0f64, true, 0.25, 2.0).0 - 0.0625 * ln2).abs() < 1e-15);
         assert!((mse_pixel(0.0f64, true).0 - 0.25).abs() < 1e-15);
         assert_eq!(balanced_weights::<f64>(25, 100), (0.75, 0.25));
+    }
+
+    /// Confident pixels keep f32's relative accuracy (no cancellation in 1 - p, lse - l).
+    #[test]
+    fn confident_pixels_are_accurate_in_f32() {
+        let rel = |a: f32, b: f64| ((a as f64 - b) / b.abs().max(1e-300)).abs();
+        for &z in &[4.0f64, 9.0, 17.0, -6.0, -13.0] {
+            for &inside in &[false, true] {
+                let (l32, g32) = focal_pixel(z as f32, inside, 0.25, 2.0);
+                let (l64, g64) = focal_pixel(z, inside, 0.25, 2.0);
+                assert!(
+                    rel(l32, l64) < 2e-6 && rel(g32, g64) < 2e-6,
+                    "focal z={z} {inside}"
+                );
+                let (l32, g32) = bce_pixel(z as f32, inside, 1.0);
+                let (l64, g64) = bce_pixel(z, inside, 1.0);
+                assert!(
+                    rel(l32, l64) < 2e-6 && rel(g32, g64) < 2e-6,
+                    "bce z={z} {inside}: {l32} {l64} {g32} {g64}"
+                );
+                let (l32, a32, b32) = softmax_ce_pixel(z as f32, 0.0, inside);
+                let (l64, a64, b64) = softmax_ce_pixel(z, 0.0, inside);
+                assert!(
+                    rel(l32, l64) < 2e-6 && rel(a32, a64) < 2e-6 && rel(b32, b64) < 2e-6,
+                    "ce z={z}"
+                );
+                let (l32, g32) = mse_pixel(z as f32, inside);
+                let (l64, g64) = mse_pixel(z, inside);
+                assert!(rel(l32, l64) < 2e-6 && rel(g32, g64) < 2e-6, "mse z={z}");
+            }
+        }
     }
 
     #[test]

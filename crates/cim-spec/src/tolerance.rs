@@ -114,7 +114,9 @@ const fn t(rel: f64) -> Tolerance {
 
 /// The table. Sizes assumed by the reasons: reductions of at most ~10^4 terms per output
 /// (k <= 4096 in GEMMs, D <= 1280 in norms, sequences <= 257 tokens), LayerNorm rows whose
-/// mean lies within ~100 standard deviations of zero.
+/// mean lies within ~30 standard deviations of zero (measured: an f32 row sum reaches the
+/// bound near 30 std at D = 768; backends that take the mean in f64 or compensated have
+/// more room).
 pub const TABLE: &[Row] = &[
     Row {
         op: Op::Gemm,
@@ -174,7 +176,7 @@ pub const TABLE: &[Row] = &[
         op: Op::LayerNormForward,
         f32: t(1e-5),
         bf16: t(2e-2),
-        reason: "mean and variance reductions over D <= 1280 in f32; the centring cancels up to u |x|/std, at most 100 u for the admitted inputs; bf16: input rounded (u relative) and amplified by gamma",
+        reason: "mean and variance reductions over D <= 1280 in f32; the centring cancels up to u |x|/std, at most ~30 u for the admitted inputs; bf16: input rounded (u relative) and amplified by gamma",
     },
     Row {
         op: Op::LayerNormBackward,
