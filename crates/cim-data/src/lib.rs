@@ -1,4 +1,35 @@
 //! The data side of CIM (issue 4): from image files to exemplar-context batches (S2).
 //!
-//! This crate holds no code yet: its issue has not been taken. It exists so the workspace
-//! layout of DESIGN.md is in place and dependency arrows can be checked from the start.
+//! [`Dataset::open`] lists an ImageFolder, a folder, a file list or packed shards;
+//! [`decode_rgb8`] turns JPEG, PNG and WebP bytes into RGB8 the way Pillow does;
+//! [`make_pair`] / [`sample`] generate one exemplar-context pair exactly as S2 states, from
+//! a generator derived from (seed, epoch, index); [`Loader`] builds batches on worker
+//! threads, identical for any worker count; [`check_data`] reports every bad file before a
+//! run; [`pack`] writes checksummed, memory-mapped shards; [`pair_sheet`] draws pairs so a
+//! person can check the geometry.
+
+mod check;
+mod dataset;
+mod decode;
+mod error;
+mod loader;
+mod pair;
+mod photometric;
+mod resample;
+mod rgb;
+mod shards;
+mod sheet;
+
+pub use check::{ClassCount, Problem, Report, check_data};
+pub use dataset::{Dataset, IMAGE_EXTENSIONS, Layout, has_image_extension};
+pub use decode::{ImageFormat, MAX_PIXELS, decode_rgb8, read_rgb8};
+pub use error::DataError;
+pub use loader::{Batch, Loader, LoaderOptions, SkipPolicy, SkipRecord, epoch_order, sample};
+pub use pair::{
+    MEAN, Pair, PairConfig, PairPlan, STD, denormalize, make_pair, plan_pair, render_pair,
+};
+pub use photometric::{Jitter, JitterOp, Photometric, PhotometricDraw};
+pub use resample::{CropBox, Kernel, render_exemplar, resize, resize_crop};
+pub use rgb::RgbImage;
+pub use shards::{PackOptions, PackSummary, SHARD_INDEX, pack};
+pub use sheet::pair_sheet;

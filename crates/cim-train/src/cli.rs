@@ -10,10 +10,17 @@ use cim_spec::config::ModelConfig;
 use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::data::DataSource;
 use crate::dump::{self, DumpOptions};
+use crate::eval;
 use crate::export;
+use crate::recipe::Recipe;
 use crate::runs;
 use crate::trainer::STOP_REQUESTED;
+use crate::trainer::{self, PairSource, Resume, TrainOptions};
+use crate::visualize;
+use cim_data::SkipPolicy;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 /// CIM pre-training.
@@ -66,6 +73,95 @@ pub enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Pre-train with CIM from a recipe (built-in name or TOML file) on a folder of images.
+    Pretrain {
+        /// Recipe: vit-base-in1k, vit-small-in1k, vit-base-in200, demo, micro, or a file.
+        #[arg(long, default_value = "demo")]
+        recipe: String,
+        /// The images (ImageFolder, flat or nested folder, or file list); overrides data.path.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run folder: resolved recipe, metrics.jsonl, checkpoints/, loss.png, figure5.png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override a recipe key, e.g. --set optim.epochs=10 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Shortcut for --set optim.epochs=N.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Shortcut for --set optim.batch_size=N.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// `auto` continues the newest complete checkpoint of --out; or a checkpoint folder.
+        #[arg(long)]
+        resume: Option<String>,
+        /// Stop after this many optimizer steps in total.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Skip undecodable images (logged to RUN/skipped.jsonl) up to this many per
+        /// epoch instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_files: Option<usize>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Draw the paper's Figure 5 (contexts, exemplars, true and predicted maps) from a
+    /// checkpoint and a folder of images, and print the maps' mean IoU.
+    Visualize {
+        /// A checkpoint folder, or a run folder (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Folder of images to make pairs from.
+        #[arg(long)]
+        images: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Contexts to show.
+        #[arg(long, default_value_t = 4)]
+        count: usize,
+        /// Seed of the pairs.
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+    },
+    /// k-NN (S10: cosine, k 20, temperature 0.07) and linear-probe top-1 on frozen
+    /// features of a labelled set: a folder with Fashion-MNIST's four IDX files.
+    Eval {
+        /// A checkpoint folder, or a run folder (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which encoder.
+        #[arg(long, value_enum, default_value_t = Encoder::Target)]
+        encoder: Encoder,
+        /// Image side fed to the encoder (default: the recipe's context size).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Training images per class used (0: all).
+        #[arg(long, default_value_t = 0)]
+        train_per_class: usize,
+        /// Test images per class used (0: all).
+        #[arg(long, default_value_t = 0)]
+        test_per_class: usize,
+        /// Neighbours of the k-NN.
+        #[arg(long, default_value_t = 20)]
+        knn_k: usize,
+        /// Passes of the linear probe (0 skips it).
+        #[arg(long, default_value_t = 100)]
+        probe_epochs: usize,
+        /// Also evaluate the same encoder at its random initialisation, side by side.
+        #[arg(long)]
+        baseline: bool,
+    },
+    /// Decode every image of a dataset and report every problem before any training.
+    CheckData {
+        /// ImageFolder, flat or nested folder, or file list.
+        path: PathBuf,
     },
     /// List the tensors (name, dtype, shape) of a safetensors file or of every file of a
     /// checkpoint folder, and its state.
@@ -154,6 +250,196 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Pretrain {
+            recipe,
+            data,
+            out,
+            mut overrides,
+            epochs,
+            batch_size,
+            resume,
+            max_steps,
+            skip_bad_files,
+            no_progress,
+        } => {
+            if let Some(e) = epochs {
+                overrides.push(format!("optim.epochs={e}"));
+            }
+            if let Some(bs) = batch_size {
+                overrides.push(format!("optim.batch_size={bs}"));
+            }
+            if let Some(d) = &data {
+                overrides.push(format!(
+                    "data.path={}",
+                    toml_string(&d.display().to_string())
+                ));
+            }
+            let recipe = Recipe::load(&recipe, &overrides)?;
+            let resume = match resume.as_deref() {
+                None => Resume::No,
+                Some("auto") => Resume::Auto,
+                Some(p) => Resume::From(PathBuf::from(p)),
+            };
+            let skip = match skip_bad_files {
+                None => SkipPolicy::Fail,
+                Some(budget) => SkipPolicy::Skip {
+                    budget,
+                    log: Some(out.join("skipped.jsonl")),
+                },
+            };
+            let mut source = DataSource::open(&recipe, None, skip)?;
+            eprintln!(
+                "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch)",
+                recipe.name,
+                source.images(),
+                recipe.data.path,
+                backend.name(),
+                source.batches_per_epoch(),
+                recipe.optim.batch_size
+            );
+            let opts = TrainOptions {
+                run_dir: out.clone(),
+                resume,
+                max_steps,
+                progress: !no_progress,
+                world_size: 1,
+            };
+            let summary = trainer::pretrain(backend, &recipe, &mut source, &opts)?;
+            let figure = out.join("figure5.png");
+            let count = source.images().min(4);
+            let (_, mut model, _, _) = runs::open(backend, &out, count)?;
+            let preds = visualize::predict(
+                backend,
+                &recipe,
+                &mut model,
+                Path::new(&recipe.data.path),
+                1234,
+            )?;
+            let c = model.config();
+            visualize::figure5(
+                &preds,
+                c.context_size,
+                c.exemplar_size,
+                c.exemplars,
+                &figure,
+            )?;
+            println!(
+                "{} after {} steps: loss {:.4}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3})",
+                if summary.interrupted {
+                    "stopped"
+                } else {
+                    "finished"
+                },
+                summary.steps,
+                summary.last_loss,
+                summary.skipped,
+                summary
+                    .checkpoint
+                    .as_ref()
+                    .map_or("-".into(), |p| p.display().to_string()),
+                out.join("metrics.jsonl").display(),
+                out.join("loss.png").display(),
+                figure.display(),
+                preds.mean_iou(c.context_size * c.context_size)
+            );
+            Ok(())
+        }
+        Command::Visualize {
+            checkpoint,
+            images,
+            out,
+            count,
+            seed,
+        } => {
+            if count == 0 {
+                bail!("--count must be at least 1");
+            }
+            let (recipe, mut model, state, loc) = runs::open(backend, &checkpoint, count)?;
+            let preds = visualize::predict(backend, &recipe, &mut model, &images, seed)?;
+            let c = model.config();
+            visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, &out)?;
+            println!(
+                "{} (step {}): mean IoU of predicted maps {:.4} over {} exemplars; figure {}",
+                loc.checkpoint.display(),
+                state.step,
+                preds.mean_iou(c.context_size * c.context_size),
+                count * c.exemplars,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            encoder,
+            image_size,
+            train_per_class,
+            test_per_class,
+            knn_k,
+            probe_epochs,
+            baseline,
+        } => {
+            let (recipe, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
+            let size = image_size.unwrap_or(recipe.data.context_size);
+            let (mut train, mut test) = eval::fashion_mnist(&data)?;
+            if train_per_class > 0 {
+                train = eval::balanced_subset(train, train_per_class, 1);
+            }
+            if test_per_class > 0 {
+                test = eval::balanced_subset(test, test_per_class, 2);
+            }
+            let mut rows = vec![(
+                format!("{} step {}", loc.checkpoint.display(), state.step),
+                model,
+            )];
+            if baseline {
+                let init = cim_model::Cim::new(backend, recipe.model_config()?, 1, recipe.run.seed)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                rows.push(("random initialisation (same seed)".to_string(), init));
+            }
+            println!(
+                "{} train / {} test images at {size}x{size}, {encoder:?} encoder",
+                train.len(),
+                test.len()
+            );
+            for (name, model) in &rows {
+                let dim = model.config().encoder.dim;
+                let ftr = eval::extract(backend, model, encoder.into(), &train, size, 64)?;
+                let fte = eval::extract(backend, model, encoder.into(), &test, size, 64)?;
+                let knn = eval::knn_top1(&ftr, &train.labels, &fte, &test.labels, dim, knn_k, 0.07);
+                let probe = (probe_epochs > 0).then(|| {
+                    eval::linear_probe_top1(
+                        &ftr,
+                        &train.labels,
+                        &fte,
+                        &test.labels,
+                        dim,
+                        probe_epochs,
+                    )
+                });
+                println!(
+                    "{name}: k-NN top-1 {:.2}%{}",
+                    100.0 * knn,
+                    probe.map_or(String::new(), |p| format!(
+                        ", linear probe top-1 {:.2}%",
+                        100.0 * p
+                    ))
+                );
+            }
+            Ok(())
+        }
+        Command::CheckData { path } => {
+            let report = cim_data::check_data(&path);
+            println!("{report}");
+            if !report.is_clean() {
+                bail!(
+                    "{} has {} problem(s); see the list above",
+                    path.display(),
+                    report.problems.len()
+                );
+            }
+            Ok(())
+        }
         Command::Export {
             checkpoint,
             encoder,
@@ -192,4 +478,9 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `s` as a TOML string literal (for recipe overrides built from paths).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }

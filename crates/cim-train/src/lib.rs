@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod dump;
 pub mod eval;
 pub mod export;
@@ -16,3 +17,4 @@ pub mod runs;
 pub mod synthetic;
 pub mod tensors;
 pub mod trainer;
+pub mod visualize;

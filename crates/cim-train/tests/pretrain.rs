@@ -85,7 +85,10 @@ fn resumed_run_continues_where_it_stopped() {
             let (x, y) = (a.get(name).unwrap().1, c.get(name).unwrap().1);
             let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let err = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(err <= 1e-5 * scale.max(1e-6), "{file}: {name} differs by {err} after resumption");
+            assert!(
+                err <= 1e-5 * scale.max(1e-6),
+                "{file}: {name} differs by {err} after resumption"
+            );
         }
     }
     let metrics = fs::read_to_string(parts.path().join("metrics.jsonl")).unwrap();

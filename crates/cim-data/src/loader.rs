@@ -1,0 +1,572 @@
+//! The parallel loader: one epoch of batches in a (seed, epoch)-shuffled order, built by
+//! worker threads, handed over in order through a bounded window of batches in flight.
+//!
+//! Workers claim single samples in epoch order, so all of them cooperate on the oldest
+//! batches (a batch is ready soon after it starts, whatever its size) and at most `prefetch`
+//! batches exist at once. The worker that completes a batch assembles it from its pairs in
+//! slot order. Each sample is a pure function of (dataset, config, seed, epoch, index)
+//! ([`sample`]), so the batches are identical whatever the worker count or thread timing. Bad files follow the [`SkipPolicy`]: fail with the file's error, or skip
+//! it, replacing the sample deterministically (the next image in dataset order, with its
+//! own generator) so batch shapes stay fixed; skips are counted, written as JSON lines in
+//! batch order by the consuming thread, and end the epoch with an error past the budget.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cim_spec::rng::CimRng;
+use serde::Serialize;
+
+use crate::dataset::Dataset;
+use crate::error::DataError;
+use crate::pair::{Pair, PairConfig, make_pair};
+
+/// The generator stream of the epoch's shuffle: `derive(seed, &[SHUFFLE_STREAM, epoch])`,
+/// a path no sample's `[epoch, index]` reaches while epochs stay below `u64::MAX`.
+const SHUFFLE_STREAM: u64 = u64::MAX;
+
+/// Generates the pair of image `index` for `epoch`: decode, then [`make_pair`] with
+/// `CimRng::derive(seed, &[epoch, index])`.
+pub fn sample(
+    dataset: &Dataset,
+    cfg: &PairConfig,
+    seed: u64,
+    epoch: u64,
+    index: usize,
+) -> Result<Pair, DataError> {
+    let img = dataset.load(index)?;
+    make_pair(&img, cfg, &mut CimRng::derive(seed, &[epoch, index as u64]))
+}
+
+/// The order images are visited in `epoch`: a Fisher-Yates shuffle of 0..len drawn from
+/// `derive(seed, &[u64::MAX, epoch])` (`below(i + 1)` for i = len-1 down to 1), or the
+/// identity without `shuffle`.
+pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        let mut rng = CimRng::derive(seed, &[SHUFFLE_STREAM, epoch]);
+        for i in (1..len).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+    }
+    order
+}
+
+/// What to do with a file that cannot be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipPolicy {
+    /// Stop: the loader yields the file's error.
+    Fail,
+    /// Replace the sample, count the skip, and stop once more than `budget` files were
+    /// skipped in the epoch. Each skip is appended to `log` as a JSON line.
+    Skip {
+        /// Skips allowed in one epoch.
+        budget: usize,
+        /// A JSON-lines file to append skips to.
+        log: Option<PathBuf>,
+    },
+}
+
+/// How the loader runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Worker threads (0 counts as 1).
+    pub workers: usize,
+    /// Batches that may exist ahead of the consumer, finished or in progress (at least 1).
+    /// Workers share the samples of these batches, so 2 already keeps every worker busy;
+    /// more absorbs slow files. Memory grows with it: a batch holds B (3 m^2 + 3 K n^2 +
+    /// K m^2) floats, 1.2 MB per sample for the ImageNet recipe.
+    pub prefetch: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// The epoch (drives the shuffle and every sample's generator).
+    pub epoch: u64,
+    /// Shuffle the order (else dataset order).
+    pub shuffle: bool,
+    /// Leave out the last batch when it would be short.
+    pub drop_last: bool,
+    /// What to do with bad files.
+    pub skip: SkipPolicy,
+    /// First batch to produce, for a run resumed mid-epoch: batches before it are neither
+    /// built nor yielded, and those after it equal an uninterrupted epoch's.
+    pub start_batch: usize,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            batch_size: 64,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 4,
+            seed: 0,
+            epoch: 0,
+            shuffle: true,
+            drop_last: true,
+            skip: SkipPolicy::Fail,
+            start_batch: 0,
+        }
+    }
+}
+
+/// A file skipped under [`SkipPolicy::Skip`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkipRecord {
+    /// The bad file.
+    pub path: PathBuf,
+    /// Why it failed.
+    pub error: String,
+    /// The epoch.
+    pub epoch: u64,
+    /// Its dataset index.
+    pub index: usize,
+    /// The dataset index of the image used in its place.
+    pub replacement: usize,
+}
+
+/// A batch in the layout the model takes (S1, NCHW, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Contexts, `[B, 3, m, m]`, normalised.
+    pub context: Vec<f32>,
+    /// Exemplars, `[B, K, 3, n, n]`, normalised.
+    pub exemplars: Vec<f32>,
+    /// Ground-truth maps, `[B, K, m, m]`, 0.0 or 1.0.
+    pub maps: Vec<f32>,
+    /// The dataset index of each sample's slot (a skipped file keeps its slot's index; its
+    /// replacement is in `skipped`).
+    pub indices: Vec<usize>,
+    /// The label of the image each sample was made from.
+    pub labels: Vec<Option<usize>>,
+    /// Files skipped while building this batch.
+    pub skipped: Vec<SkipRecord>,
+}
+
+impl Batch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether the batch holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+struct Job {
+    dataset: Arc<Dataset>,
+    cfg: PairConfig,
+    order: Vec<usize>,
+    opts: LoaderOptions,
+}
+
+impl Job {
+    fn batch_range(&self, b: usize) -> std::ops::Range<usize> {
+        let start = b * self.opts.batch_size;
+        start..(start + self.opts.batch_size).min(self.order.len())
+    }
+
+    /// One slot: the sample of `index`, or under the skip policy the first image after it
+    /// that decodes, generated from `derive(seed, &[epoch, index, attempt])`.
+    fn slot(&self, index: usize, skipped: &mut Vec<SkipRecord>) -> Result<Pair, DataError> {
+        let (seed, epoch) = (self.opts.seed, self.opts.epoch);
+        let first_record = skipped.len();
+        let first = sample(&self.dataset, &self.cfg, seed, epoch, index);
+        let budget = match (&self.opts.skip, first) {
+            (_, Ok(pair)) => return Ok(pair),
+            (SkipPolicy::Fail, Err(e)) => return Err(e),
+            (SkipPolicy::Skip { budget, .. }, Err(e)) => {
+                skipped.push(self.record(index, index, &e));
+                *budget
+            }
+        };
+        let len = self.dataset.len();
+        // More attempts than the budget would exceed it anyway.
+        for attempt in 1..=budget.min(len.saturating_sub(1)) {
+            let j = (index + attempt) % len;
+            let mut rng = CimRng::derive(seed, &[epoch, index as u64, attempt as u64]);
+            let result = self
+                .dataset
+                .load(j)
+                .and_then(|img| make_pair(&img, &self.cfg, &mut rng));
+            match result {
+                Ok(pair) => {
+                    for r in &mut skipped[first_record..] {
+                        r.replacement = j;
+                    }
+                    return Ok(pair);
+                }
+                Err(e) => skipped.push(self.record(j, j, &e)),
+            }
+        }
+        let last = skipped.last().cloned();
+        Err(DataError::SkipBudget {
+            skipped: skipped.len(),
+            budget,
+            last_path: last.as_ref().map(|r| r.path.clone()).unwrap_or_default(),
+            last_error: last.map(|r| r.error).unwrap_or_default(),
+        })
+    }
+
+    fn record(&self, index: usize, replacement: usize, e: &DataError) -> SkipRecord {
+        SkipRecord {
+            path: self
+                .dataset
+                .path(index)
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            error: e.to_string(),
+            epoch: self.opts.epoch,
+            index,
+            replacement,
+        }
+    }
+
+    /// Assembles a batch from its slots' pairs, in slot order.
+    fn assemble(&self, b: usize, slots: Vec<SlotResult>) -> Result<Batch, DataError> {
+        let range = self.batch_range(b);
+        let bsz = range.len();
+        let (m, n, k) = (
+            self.cfg.context_size,
+            self.cfg.exemplar_size,
+            self.cfg.exemplars,
+        );
+        let mut batch = Batch {
+            context: Vec::with_capacity(bsz * 3 * m * m),
+            exemplars: Vec::with_capacity(bsz * k * 3 * n * n),
+            maps: Vec::with_capacity(bsz * k * m * m),
+            indices: Vec::with_capacity(bsz),
+            labels: Vec::with_capacity(bsz),
+            skipped: Vec::new(),
+        };
+        for (&index, slot) in self.order[range].iter().zip(slots) {
+            let (pair, skipped) = slot?;
+            let source = skipped.last().map_or(index, |r| r.replacement);
+            batch.context.extend_from_slice(&pair.context);
+            batch.exemplars.extend_from_slice(&pair.exemplars);
+            batch.maps.extend_from_slice(&pair.maps);
+            batch.indices.push(index);
+            batch.labels.push(self.dataset.label(source));
+            batch.skipped.extend(skipped);
+        }
+        Ok(batch)
+    }
+}
+
+/// One slot's outcome: its pair and the files skipped on the way, or the error.
+type SlotResult = Result<(Pair, Vec<SkipRecord>), DataError>;
+
+/// A batch whose slots are being generated.
+struct Partial {
+    slots: Vec<Option<SlotResult>>,
+    filled: usize,
+}
+
+struct State {
+    /// Next epoch position to claim.
+    next_claim: usize,
+    /// Batches handed to the consumer (counted from batch 0, so it starts at start_batch).
+    delivered: usize,
+    partial: BTreeMap<usize, Partial>,
+    ready: BTreeMap<usize, Result<Batch, DataError>>,
+    stop: bool,
+}
+
+struct Shared {
+    job: Job,
+    /// Batches in the epoch.
+    end: usize,
+    /// Positions in the epoch's batches (the last batch may be short).
+    end_position: usize,
+    window: usize,
+    state: Mutex<State>,
+    work: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held (values are only moved), so a poisoned
+        // lock still holds consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn worker(shared: Arc<Shared>) {
+    let bsz = shared.job.opts.batch_size;
+    loop {
+        let position = {
+            let mut st = shared.lock();
+            loop {
+                if st.stop || st.next_claim >= shared.end_position {
+                    return;
+                }
+                if st.next_claim / bsz < st.delivered + shared.window {
+                    break;
+                }
+                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.next_claim += 1;
+            st.next_claim - 1
+        };
+        let index = shared.job.order[position];
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut skipped = Vec::new();
+            shared
+                .job
+                .slot(index, &mut skipped)
+                .map(|pair| (pair, skipped))
+        }))
+        .unwrap_or_else(|_| {
+            Err(DataError::Config(format!(
+                "a loader worker panicked generating image {index}"
+            )))
+        });
+        let (b, offset) = (position / bsz, position % bsz);
+        let complete = {
+            let mut st = shared.lock();
+            let len = shared.job.batch_range(b).len();
+            let partial = st.partial.entry(b).or_insert_with(|| Partial {
+                slots: (0..len).map(|_| None).collect(),
+                filled: 0,
+            });
+            partial.slots[offset] = Some(result);
+            partial.filled += 1;
+            if partial.filled == len {
+                st.partial.remove(&b)
+            } else {
+                None
+            }
+        };
+        if let Some(done) = complete {
+            // Assembly copies the whole batch, so it happens outside the lock.
+            let slots = done.slots.into_iter().flatten().collect();
+            let batch = shared.job.assemble(b, slots);
+            shared.lock().ready.insert(b, batch);
+            shared.done.notify_all();
+        }
+    }
+}
+
+/// One epoch of batches: an iterator of `Result<Batch, DataError>` that ends after the last
+/// batch or after the first error.
+pub struct Loader {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
+    finished: bool,
+    budget: Option<usize>,
+    skipped: usize,
+    log: Option<(PathBuf, BufWriter<File>)>,
+    started: Option<Instant>,
+    waited: Duration,
+}
+
+impl Loader {
+    /// Starts the workers for one epoch. Errors: a bad pair configuration, a zero batch
+    /// size, no full batch with `drop_last`, `start_batch` past the end, an unopenable log.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        cfg: PairConfig,
+        opts: LoaderOptions,
+    ) -> Result<Loader, DataError> {
+        cfg.validate()?;
+        let n = dataset.len();
+        if opts.batch_size == 0 {
+            return Err(DataError::Config("batch_size must be positive".into()));
+        }
+        let batches = if opts.drop_last {
+            n / opts.batch_size
+        } else {
+            n.div_ceil(opts.batch_size)
+        };
+        if batches == 0 {
+            return Err(DataError::Config(format!(
+                "{n} images make no full batch of {}",
+                opts.batch_size
+            )));
+        }
+        if opts.start_batch > batches {
+            return Err(DataError::Config(format!(
+                "start_batch {} is past the epoch's {batches} batches",
+                opts.start_batch
+            )));
+        }
+        let (budget, log) = match &opts.skip {
+            SkipPolicy::Fail => (None, None),
+            SkipPolicy::Skip { budget, log } => {
+                let log = match log {
+                    Some(path) => {
+                        let f = OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .map_err(|e| DataError::write(path, e))?;
+                        Some((path.clone(), BufWriter::new(f)))
+                    }
+                    None => None,
+                };
+                (Some(*budget), log)
+            }
+        };
+        let workers = opts.workers.max(1);
+        let window = opts.prefetch.max(1);
+        let end_position = if opts.drop_last {
+            batches * opts.batch_size
+        } else {
+            n
+        };
+        let order = epoch_order(n, opts.seed, opts.epoch, opts.shuffle);
+        let (start, batch_size) = (opts.start_batch, opts.batch_size);
+        let shared = Arc::new(Shared {
+            job: Job {
+                dataset,
+                cfg,
+                order,
+                opts,
+            },
+            end: batches,
+            end_position,
+            window,
+            state: Mutex::new(State {
+                next_claim: start * batch_size,
+                delivered: start,
+                partial: BTreeMap::new(),
+                ready: BTreeMap::new(),
+                stop: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let s = Arc::clone(&shared);
+            let h = std::thread::Builder::new()
+                .name(format!("cim-data-{i}"))
+                .spawn(move || worker(s))
+                .map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))?;
+            handles.push(h);
+        }
+        Ok(Loader {
+            shared,
+            handles,
+            next: start,
+            finished: false,
+            budget,
+            skipped: 0,
+            log,
+            started: None,
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// Batches in the whole epoch (those before `start_batch` included).
+    pub fn batches(&self) -> usize {
+        self.shared.end
+    }
+
+    /// Files skipped so far in this epoch.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Time the consumer spent blocked in `next` waiting for a batch.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The share of wall time since the first `next` call that the consumer spent waiting
+    /// for data: near 0 when the loader keeps up, near 1 when training is data-bound.
+    pub fn wait_share(&self) -> f64 {
+        match self.started {
+            Some(t) => {
+                let total = t.elapsed().as_secs_f64();
+                if total > 0.0 {
+                    (self.waited.as_secs_f64() / total).min(1.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.finished = true;
+        self.shared.lock().stop = true;
+        self.shared.work.notify_all();
+    }
+
+    /// Counts and logs a batch's skips; an error once past the budget.
+    fn account(&mut self, batch: &Batch) -> Result<(), DataError> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        if let Some((path, log)) = &mut self.log {
+            for r in &batch.skipped {
+                let line =
+                    serde_json::to_string(r).map_err(|e| DataError::Config(e.to_string()))?;
+                writeln!(log, "{line}").map_err(|e| DataError::write(path, e))?;
+            }
+            log.flush().map_err(|e| DataError::write(path, e))?;
+        }
+        self.skipped += batch.skipped.len();
+        if self.skipped > budget {
+            let last = batch.skipped.last();
+            return Err(DataError::SkipBudget {
+                skipped: self.skipped,
+                budget,
+                last_path: last.map(|r| r.path.clone()).unwrap_or_default(),
+                last_error: last.map(|r| r.error.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished || self.next >= self.shared.end {
+            return None;
+        }
+        let entered = Instant::now();
+        self.started.get_or_insert(entered);
+        let result = {
+            let mut st = self.shared.lock();
+            loop {
+                if let Some(r) = st.ready.remove(&self.next) {
+                    st.delivered = self.next + 1;
+                    break r;
+                }
+                st = self.shared.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        self.waited += entered.elapsed();
+        self.shared.work.notify_all();
+        self.next += 1;
+        let result = result.and_then(|batch| self.account(&batch).map(|()| batch));
+        if result.is_err() {
+            self.stop();
+        }
+        Some(result)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop();
+        for h in self.handles.drain(..) {
+            // A worker's panic was already turned into an error batch.
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The loader: batches in the model's layout, identical for any worker count, resumable
+//! mid-epoch, and bad files handled by the skip policy (fail with the file's error, or
+//! replace, log and count until the budget runs out).
+
+mod common;
+
+use std::sync::Arc;
+
+use cim_data::{DataError, Dataset, Loader, LoaderOptions, SkipPolicy, epoch_order, sample};
+use common::*;
+
+fn dataset(dir: &std::path::Path, images: usize, bad: &[usize]) -> Arc<Dataset> {
+    for i in 0..images {
+        let name = format!("c{}/img{i:03}.jpg", i % 2);
+        if bad.contains(&i) {
+            put(dir, &name, &jpeg_rgb(40, 30)[..50]);
+        } else {
+            put(
+                dir,
+                &name,
+                &jpeg_rgb(40 + (i as u16 % 7) * 9, 30 + (i as u16 % 5) * 7),
+            );
+        }
+    }
+    Arc::new(Dataset::open(dir).unwrap())
+}
+
+fn options(workers: usize) -> LoaderOptions {
+    LoaderOptions {
+        batch_size: 4,
+        workers,
+        prefetch: 2,
+        seed: 11,
+        epoch: 3,
+        shuffle: true,
+        drop_last: false,
+        skip: SkipPolicy::Fail,
+        start_batch: 0,
+    }
+}
+
+#[test]
+fn batches_do_not_depend_on_the_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 14, &[]);
+    let cfg = small_cfg();
+    let run = |workers, prefetch| {
+        let opts = LoaderOptions {
+            prefetch,
+            ..options(workers)
+        };
+        Loader::new(Arc::clone(&ds), cfg, opts)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let one = run(1, 1);
+    for (workers, prefetch) in [(3, 2), (5, 1), (2, 8)] {
+        assert_eq!(
+            one,
+            run(workers, prefetch),
+            "{workers} workers, prefetch {prefetch}"
+        );
+    }
+    // 14 images in batches of 4 without drop_last: 4, 4, 4, 2.
+    let sizes: Vec<usize> = one.iter().map(|b| b.len()).collect();
+    assert_eq!(sizes, [4, 4, 4, 2]);
+    let (m, n, k) = (cfg.context_size, cfg.exemplar_size, cfg.exemplars);
+    let b = &one[0];
+    assert_eq!(b.context.len(), 4 * 3 * m * m);
+    assert_eq!(b.exemplars.len(), 4 * k * 3 * n * n);
+    assert_eq!(b.maps.len(), 4 * k * m * m);
+    // The epoch visits every image once, in the (seed, epoch) order.
+    let visited: Vec<usize> = one.iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(visited, epoch_order(14, 11, 3, true));
+    // Each sample is the standalone sample of its index, and labels follow the images.
+    for (slot, &index) in b.indices.iter().enumerate() {
+        let p = sample(&ds, &cfg, 11, 3, index).unwrap();
+        let len = 3 * m * m;
+        assert_eq!(&b.context[slot * len..(slot + 1) * len], &p.context[..]);
+        assert_eq!(b.labels[slot], ds.label(index));
+    }
+}
+
+#[test]
+fn epoch_orders_are_permutations_that_change_with_the_epoch() {
+    let a = epoch_order(100, 1, 0, true);
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    assert_ne!(a, epoch_order(100, 1, 1, true));
+    assert_ne!(a, epoch_order(100, 2, 0, true));
+    assert_eq!(a, epoch_order(100, 1, 0, true));
+    assert_eq!(epoch_order(5, 1, 0, false), [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn a_resumed_epoch_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 12, &[]);
+    let cfg = small_cfg();
+    let full: Vec<_> = Loader::new(Arc::clone(&ds), cfg, options(2))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let resumed: Vec<_> = Loader::new(
+        Arc::clone(&ds),
+        cfg,
+        LoaderOptions {
+            start_batch: 1,
+            ..options(2)
+        },
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(resumed, full[1..]);
+    let mut loader = Loader::new(Arc::clone(&ds), cfg, options(2)).unwrap();
+    assert_eq!(loader.batches(), 3);
+    loader.next();
+    let share = loader.wait_share();
+    assert!((0.0..=1.0).contains(&share), "{share}");
+}
+
+#[test]
+fn a_bad_file_fails_the_epoch_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 8, &[5]);
+    let results: Vec<_> = Loader::new(ds, small_cfg(), options(2)).unwrap().collect();
+    let err = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("an error");
+    assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
+    assert!(err.to_string().contains("img005.jpg"));
+    assert!(
+        results.last().unwrap().is_err(),
+        "the loader stops at the error"
+    );
+}
+
+#[test]
+fn skipped_files_are_replaced_logged_and_counted_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(&dir.path().join("data"), 12, &[2, 7]);
+    let log = dir.path().join("skips.jsonl");
+    let opts = |workers, budget| LoaderOptions {
+        skip: SkipPolicy::Skip {
+            budget,
+            log: Some(log.clone()),
+        },
+        ..options(workers)
+    };
+    let cfg = small_cfg();
+    let one: Vec<_> = Loader::new(Arc::clone(&ds), cfg, opts(1, 2))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut loader = Loader::new(Arc::clone(&ds), cfg, opts(3, 2)).unwrap();
+    let three: Vec<_> = loader.by_ref().map(Result::unwrap).collect();
+    assert_eq!(one, three, "replacements do not depend on the worker count");
+    assert_eq!(loader.skipped(), 2);
+    // Shapes stay fixed: every batch is full except the epoch's short last one.
+    assert_eq!(one.iter().map(|b| b.len()).collect::<Vec<_>>(), [4, 4, 4]);
+    let skipped: Vec<_> = one.iter().flat_map(|b| b.skipped.clone()).collect();
+    let mut bad: Vec<String> = skipped
+        .iter()
+        .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    bad.sort();
+    assert_eq!(bad, ["img002.jpg", "img007.jpg"]);
+    for r in &skipped {
+        assert_eq!(ds.path(r.index), Some(r.path.as_path()));
+        assert_eq!(
+            r.replacement,
+            r.index + 1,
+            "the next image in dataset order"
+        );
+        assert_eq!(r.epoch, 3);
+    }
+    // Two runs appended two lines each, as JSON.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines[0]["path"].as_str().unwrap().contains("img00"));
+    assert!(lines[0]["error"].as_str().unwrap().contains("truncated"));
+
+    // One skip over the budget stops the epoch with an error naming the file.
+    let results: Vec<_> = Loader::new(Arc::clone(&ds), cfg, opts(2, 1))
+        .unwrap()
+        .collect();
+    let err = results.last().unwrap().as_ref().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::SkipBudget {
+                skipped: 2,
+                budget: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("img00"));
+}
+
+#[test]
+fn impossible_options_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(dir.path(), 3, &[]);
+    let cfg = small_cfg();
+    let bad = [
+        LoaderOptions {
+            batch_size: 0,
+            ..options(1)
+        },
+        LoaderOptions {
+            batch_size: 4,
+            drop_last: true,
+            ..options(1)
+        },
+        LoaderOptions {
+            start_batch: 5,
+            ..options(1)
+        },
+    ];
+    for opts in bad {
+        assert!(matches!(
+            Loader::new(Arc::clone(&ds), cfg, opts),
+            Err(DataError::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,213 @@
+//! The paper's Figure 5 as a PNG, and the mean IoU of predicted correlation maps: for
+//! contexts made from a folder of images (S2 with the run's geometry), each row shows the
+//! context with every exemplar's true footprint outlined, then per exemplar the exemplar,
+//! its ground-truth map and the predicted map (probability of "inside", S5 channel 1).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use cim_data::{Dataset, sample};
+use cim_model::{Batch, Cim};
+use cim_spec::backend::Backend;
+use image::{Rgb, RgbImage};
+
+use crate::data::pair_config;
+use crate::plot;
+use crate::recipe::Recipe;
+
+/// Colours of the exemplars' outlines.
+const COLOURS: [[u8; 3]; 6] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+];
+
+/// Predictions of a model on pairs made from a dataset.
+pub struct Predictions {
+    /// Contexts `[B, 3, m, m]` (normalised).
+    pub context: Vec<f32>,
+    /// Exemplars `[B, K, 3, n, n]` (normalised).
+    pub exemplars: Vec<f32>,
+    /// Ground truth `[B, K, m, m]`.
+    pub maps: Vec<f32>,
+    /// Probability of "inside" `[B, K, m, m]`.
+    pub probs: Vec<f32>,
+}
+
+impl Predictions {
+    /// Mean over exemplars of IoU(prob > 0.5, ground truth).
+    pub fn mean_iou(&self, pixels: usize) -> f64 {
+        let ious: Vec<f64> = self
+            .maps
+            .chunks(pixels)
+            .zip(self.probs.chunks(pixels))
+            .map(|(gt, p)| {
+                let (mut inter, mut union) = (0usize, 0usize);
+                for (&g, &q) in gt.iter().zip(p) {
+                    let (a, b) = (g > 0.5, q > 0.5);
+                    inter += usize::from(a && b);
+                    union += usize::from(a || b);
+                }
+                if union == 0 {
+                    1.0
+                } else {
+                    inter as f64 / union as f64
+                }
+            })
+            .collect();
+        ious.iter().sum::<f64>() / ious.len().max(1) as f64
+    }
+}
+
+/// Runs `model` (built for micro-batches of `count`) on the pairs of `count` images of
+/// `images` spread evenly over it, drawn with `seed` as epoch 0 of a run would.
+pub fn predict<B: Backend>(
+    b: &B,
+    recipe: &Recipe,
+    model: &mut Cim<B>,
+    images: &Path,
+    seed: u64,
+) -> Result<Predictions> {
+    let count = model.batch_size();
+    let dataset = Dataset::open(images).with_context(|| format!("opening {}", images.display()))?;
+    if dataset.is_empty() {
+        anyhow::bail!("{} holds no images", images.display());
+    }
+    let cfg = pair_config(recipe);
+    let (mut context, mut exemplars, mut maps) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..count {
+        let index = i * dataset.len() / count;
+        let pair = sample(&dataset, &cfg, seed, 0, index).map_err(|e| anyhow!("{e}"))?;
+        context.extend_from_slice(&pair.context);
+        exemplars.extend_from_slice(&pair.exemplars);
+        maps.extend_from_slice(&pair.maps);
+    }
+    let config = *model.config();
+    let mut batch = Batch::new(b, &config, count).map_err(|e| anyhow!("backend: {e}"))?;
+    batch
+        .upload(b, &context, &exemplars, &maps)
+        .map_err(|e| anyhow!("backend: {e}"))?;
+    model
+        .forward(b, &batch)
+        .map_err(|e| anyhow!("backend: {e}"))?;
+    let m2 = config.context_size * config.context_size;
+    let channels = config.loss.channels();
+    let mut logits = vec![0.0f32; maps.len() * channels];
+    b.download(b.view(model.logits(), 0..logits.len()), &mut logits)
+        .map_err(|e| anyhow!("backend: {e}"))?;
+    let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let probs = logits
+        .chunks(channels * m2)
+        .flat_map(|map| {
+            (0..m2).map(move |p| {
+                if channels == 2 {
+                    sigmoid(map[m2 + p] - map[p])
+                } else {
+                    sigmoid(map[p])
+                }
+            })
+        })
+        .collect();
+    Ok(Predictions {
+        context,
+        exemplars,
+        maps,
+        probs,
+    })
+}
+
+fn denorm(v: f32, c: usize) -> u8 {
+    ((v * cim_data::STD[c] + cim_data::MEAN[c]) * 255.0)
+        .round()
+        .clamp(0.0, 255.0) as u8
+}
+
+/// Draws the Figure 5 grid of `p` into `out`, magnified so a map is at least 128 pixels.
+pub fn figure5(p: &Predictions, m: usize, n: usize, k: usize, out: &Path) -> Result<()> {
+    let rows = p.maps.len() / (k * m * m);
+    let zoom = 128usize.div_ceil(m).max(1) as u32;
+    let (gap, label) = (4u32, 12u32);
+    let cell = m as u32;
+    let width = cell + k as u32 * 3 * (cell + gap) + gap;
+    let row_h = cell + (gap + label).div_ceil(zoom);
+    let height = rows as u32 * row_h + gap;
+    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut labels = Vec::new();
+    for r in 0..rows {
+        let y0 = gap + r as u32 * row_h;
+        let ctx = &p.context[r * 3 * m * m..(r + 1) * 3 * m * m];
+        for y in 0..m {
+            for x in 0..m {
+                let px = [0, 1, 2].map(|c| denorm(ctx[c * m * m + y * m + x], c));
+                img.put_pixel(x as u32, y0 + y as u32, Rgb(px));
+            }
+        }
+        labels.push((0, y0 + cell, "context".to_string(), [0, 0, 0]));
+        for e in 0..k {
+            let gt = &p.maps[(r * k + e) * m * m..][..m * m];
+            let pr = &p.probs[(r * k + e) * m * m..][..m * m];
+            let colour = COLOURS[e % COLOURS.len()];
+            // Footprint outline on the context: inside pixels with an outside neighbour.
+            let inside = |yy: usize, xx: usize| gt[yy * m + xx] > 0.5;
+            for y in 0..m {
+                for x in 0..m {
+                    let border = x == 0 || y == 0 || x == m - 1 || y == m - 1;
+                    let edge = inside(y, x)
+                        && (border
+                            || !inside(y - 1, x)
+                            || !inside(y + 1, x)
+                            || !inside(y, x - 1)
+                            || !inside(y, x + 1));
+                    if edge {
+                        img.put_pixel(x as u32, y0 + y as u32, Rgb(colour));
+                    }
+                }
+            }
+            let x0 = cell + gap + e as u32 * 3 * (cell + gap);
+            let ex = &p.exemplars[(r * k + e) * 3 * n * n..][..3 * n * n];
+            for y in 0..m {
+                for x in 0..m {
+                    let (sy, sx) = (y * n / m, x * n / m);
+                    let px = [0, 1, 2].map(|c| denorm(ex[c * n * n + sy * n + sx], c));
+                    img.put_pixel(x0 + x as u32, y0 + y as u32, Rgb(px));
+                    let g = if gt[y * m + x] > 0.5 { 255 } else { 0 };
+                    img.put_pixel(x0 + cell + gap + x as u32, y0 + y as u32, Rgb([g, g, g]));
+                    let q = (pr[y * m + x].clamp(0.0, 1.0) * 255.0) as u8;
+                    img.put_pixel(
+                        x0 + 2 * (cell + gap) + x as u32,
+                        y0 + y as u32,
+                        Rgb([q, q / 2, 255 - q]),
+                    );
+                }
+            }
+            for (col, name) in ["exemplar", "truth", "predicted"].iter().enumerate() {
+                let x = x0 + col as u32 * (cell + gap);
+                labels.push((x, y0 + cell, name.to_string(), colour));
+                for y in y0..y0 + cell {
+                    img.put_pixel(x - 1, y, Rgb(colour));
+                }
+            }
+        }
+    }
+    let mut big = image::imageops::resize(
+        &img,
+        width * zoom,
+        height * zoom,
+        image::imageops::FilterType::Nearest,
+    );
+    for (x, y, text, colour) in labels {
+        plot::text(
+            &mut big,
+            (x * zoom) as i64,
+            (y * zoom + 2) as i64,
+            &text,
+            1,
+            colour,
+        );
+    }
+    big.save(out)
+        .with_context(|| format!("writing {}", out.display()))
+}
