@@ -8,8 +8,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# nostd-check is a workspace of its own (see the root Cargo.toml's `exclude`).
+manifest=crates/nostd-check/Cargo.toml
+export CARGO_TARGET_DIR="$root/target/nostd-check"
 echo "no_std check: building nostd-check against cim-spec and cim-model"
-cargo build --quiet -p nostd-check
+cargo build --quiet --manifest-path "$manifest"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -20,7 +23,7 @@ grep -q '^extern crate std;$' "$scratch/crates/cim-spec/src/lib.rs" || {
     exit 1
 }
 log="$scratch/build.log"
-if (cd "$scratch" && CARGO_TARGET_DIR="$root/target/nostd-selftest" cargo build --quiet -p nostd-check) >"$log" 2>&1; then
+if (cd "$scratch" && CARGO_TARGET_DIR="$root/target/nostd-selftest" cargo build --quiet --manifest-path "$manifest") >"$log" 2>&1; then
     echo "no_std self-test FAILED: nostd-check still builds after cim-spec imported std" >&2
     exit 1
 fi

@@ -11,20 +11,6 @@ pub struct RgbImage {
 }
 
 impl RgbImage {
-    /// A black image. The size is the caller's (never a file's), so an overflowing size is
-    /// a programming error and panics.
-    pub fn new(width: u32, height: u32) -> Self {
-        let len = (width as usize)
-            .checked_mul(height as usize)
-            .and_then(|p| p.checked_mul(3))
-            .expect("RgbImage::new: size overflows memory");
-        RgbImage {
-            width,
-            height,
-            data: vec![0; len],
-        }
-    }
-
     /// Wraps interleaved RGB bytes; `None` unless `data.len() == width * height * 3`.
     pub fn from_raw(width: u32, height: u32, data: Vec<u8>) -> Option<Self> {
         let len = (width as usize)
@@ -50,11 +36,6 @@ impl RgbImage {
     /// The interleaved bytes.
     pub fn as_raw(&self) -> &[u8] {
         &self.data
-    }
-
-    /// The interleaved bytes, mutable (the length cannot change through a slice).
-    pub fn as_raw_mut(&mut self) -> &mut [u8] {
-        &mut self.data
     }
 
     /// The interleaved bytes, by value.

@@ -408,7 +408,7 @@ impl<B: Backend> Cim<B> {
             b,
             all_mut(b, &mut self.target),
             b.view(&self.params, l.ema.clone()),
-            momentum as f32,
+            momentum,
         )
     }
 }

@@ -410,9 +410,9 @@ impl Optim for Reference {
         &self,
         target: &mut [f64],
         online: &[f64],
-        momentum: f32,
+        momentum: f64,
     ) -> Result<(), HostError> {
-        optim::ema_update(target, online, f64::from(momentum));
+        optim::ema_update(target, online, momentum);
         Ok(())
     }
 

@@ -348,7 +348,7 @@ fn loss_and_optimizer_semantics() {
     let mut target = g.clone();
     ops::ema_update(&r, &mut target[..], &x[..], 0.996).unwrap();
     for i in 0..9 {
-        let mom = f64::from(0.996f32);
+        let mom = 0.996;
         assert_eq!(target[i], mom * g[i] + (1.0 - mom) * x[i]);
     }
     let mut clipped = x.clone();

@@ -499,12 +499,16 @@ pub trait Optim: Memory {
         grad: Self::View<'_>,
         args: &AdamWArgs,
     ) -> Result<(), Self::Error>;
-    /// In place (S7): `target = momentum * target + (1 - momentum) * online`.
+    /// In place (S7): `target = momentum * target + (1 - momentum) * online`. The
+    /// momentum comes in f64 because `1 - momentum` is what moves the target: an f32
+    /// momentum near 1 would lose most of its digits. f32 backends take `momentum` and
+    /// `1 - momentum` (computed in f64) each rounded to f32, as PyTorch does with the
+    /// release's Python floats ([`crate::schedule::ema_scalar`]).
     fn ema_update(
         &self,
         target: Self::ViewMut<'_>,
         online: Self::View<'_>,
-        momentum: f32,
+        momentum: f64,
     ) -> Result<(), Self::Error>;
     /// `out[0] = sum x^2` (writes; accumulated in f32 or wider, deterministic order).
     /// Over the whole gradient buffer it is the global norm squared; a non-finite

@@ -590,7 +590,7 @@ pub fn ema_update<B: Optim>(
     b: &B,
     target: B::ViewMut<'_>,
     online: B::View<'_>,
-    momentum: f32,
+    momentum: f64,
 ) -> Result<(), B::Error> {
     expect(
         "ema_update",

@@ -65,7 +65,9 @@ impl DataSource {
         let options = LoaderOptions {
             batch_size: recipe.optim.batch_size,
             workers: recipe.data.workers,
-            prefetch: 2 * recipe.data.workers,
+            // Whole batches alive at once across all workers (a batch of the ImageNet
+            // recipe is about 1.2 MB per sample): a few keep every worker busy.
+            prefetch: 4,
             seed: recipe.run.seed,
             epoch: 0,
             shuffle: true,

@@ -33,6 +33,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ),
     ("demo", include_str!("../../../recipes/demo.toml")),
     ("micro", include_str!("../../../recipes/micro.toml")),
+    (
+        "fashion-mnist",
+        include_str!("../../../recipes/fashion-mnist.toml"),
+    ),
 ];
 
 /// A complete recipe.
@@ -59,6 +63,15 @@ pub struct Recipe {
 pub struct ModelSection {
     /// micro, vit-tiny, vit-small, vit-base, vit-large, vit-huge.
     pub preset: String,
+    /// Encoder width (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+    /// Encoder heads (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<usize>,
+    /// Patch side (overrides the preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
     /// Encoder blocks (overrides the preset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<usize>,
@@ -190,6 +203,9 @@ fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
 
 /// Keys that may be absent from a recipe and still be set.
 const OPTIONAL_KEYS: &[&str] = &[
+    "model.dim",
+    "model.heads",
+    "model.patch",
     "model.depth",
     "model.decoder_width",
     "model.decoder_heads",
@@ -270,6 +286,15 @@ impl Recipe {
                 m.preset
             );
         };
+        if let Some(v) = m.dim {
+            c.encoder.dim = v;
+        }
+        if let Some(v) = m.heads {
+            c.encoder.heads = v;
+        }
+        if let Some(v) = m.patch {
+            c.encoder.patch = v;
+        }
         if let Some(v) = m.depth {
             c.encoder.depth = v;
         }

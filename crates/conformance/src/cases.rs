@@ -306,7 +306,7 @@ pub struct EmaCase {
     /// Elements.
     pub len: usize,
     /// The momentum.
-    pub momentum: f32,
+    pub momentum: f64,
     /// Magnitude of the values.
     pub scale: f32,
 }

@@ -408,7 +408,7 @@ pub fn adamw_cases() -> impl Strategy<Value = AdamWCase> {
 
 /// EMA on 0 to 3000 elements with momentum 0, 0.5, 0.99, 0.9995 or 1.
 pub fn ema_cases() -> impl Strategy<Value = EmaCase> {
-    let momentum = select(vec![0.0f32, 0.5, 0.99, 0.9995, 1.0]);
+    let momentum = select(vec![0.0f64, 0.5, 0.99, 0.9995, 0.999_999, 1.0]);
     (vector_cases(), momentum).prop_map(|(v, momentum)| EmaCase {
         seed: v.seed,
         len: v.len,

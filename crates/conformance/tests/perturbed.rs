@@ -759,7 +759,7 @@ impl Optim for Perturbed {
         &self,
         target: &mut [f64],
         online: &[f64],
-        momentum: f32,
+        momentum: f64,
     ) -> Result<(), HostError> {
         self.inner.ema_update(target, online, momentum)
     }

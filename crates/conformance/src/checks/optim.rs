@@ -14,7 +14,7 @@ use crate::mismatch::Mismatch;
 /// the sum of squares over `[out, x]`, clipping over `[x, norm_sq]`.
 pub(crate) enum RunOptim {
     AdamW(AdamWArgs),
-    Ema(f32),
+    Ema(f64),
     SumSquares,
     Clip(f32),
 }
