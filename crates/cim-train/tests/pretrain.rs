@@ -204,3 +204,58 @@ fn too_little_data_is_a_clear_error() {
     assert!(e.contains("fewer than one optimizer step"), "{e}");
     assert_eq!(src.batches_per_epoch(), 1);
 }
+
+/// Poisons the contexts of chosen micro-batches with NaN.
+struct Poisoned {
+    inner: SyntheticSource,
+    bad: fn(u64, u64) -> bool,
+}
+
+impl PairSource for Poisoned {
+    fn batches_per_epoch(&self) -> u64 {
+        self.inner.batches_per_epoch()
+    }
+    fn batch(&mut self, epoch: u64, index: u64) -> anyhow::Result<cim_train::synthetic::HostBatch> {
+        let mut b = self.inner.batch(epoch, index)?;
+        if (self.bad)(epoch, index) {
+            b.context[0] = f32::NAN;
+        }
+        Ok(b)
+    }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_counted_and_finally_stop_the_run() {
+    let b = Reference::new();
+    let r = recipe();
+    // One poisoned micro-batch: its step is skipped, the run goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Poisoned {
+        inner: source(&r),
+        bad: |e, i| e == 0 && i == 2,
+    };
+    let s = pretrain(&b, &r, &mut src, &options(dir.path(), Resume::No, None)).unwrap();
+    assert_eq!((s.steps, s.skipped), (5, 1));
+    assert!(s.last_loss.is_finite());
+    // From epoch 1 on every batch is poisoned: after max_nonfinite (3) skips in a row the
+    // run stops naming the step and the first non-finite tensor; checkpoints stay finite.
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Poisoned {
+        inner: source(&r),
+        bad: |e, _| e >= 1,
+    };
+    let e = pretrain(&b, &r, &mut src, &options(dir.path(), Resume::No, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stopping at step 3") && e.contains("non-finite tensor"),
+        "{e}"
+    );
+    let last = checkpoint::list(dir.path()).unwrap().pop().unwrap();
+    assert!(last.ends_with("step-00000002"));
+    let w = TensorSet::read(&last.join("model.safetensors")).unwrap();
+    assert!(
+        w.names()
+            .all(|n| w.get(n).unwrap().1.iter().all(|v| v.is_finite()))
+    );
+}

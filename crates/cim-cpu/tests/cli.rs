@@ -1,0 +1,172 @@
+//! The `cim-cpu` binary end to end on a few generated images: a SIGINT during
+//! pre-training checkpoints at the next step and exits cleanly, `--resume auto` continues
+//! from that checkpoint, and bad input ends with an error that names it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cim-cpu"))
+}
+
+/// Twelve 64x48 images with distinct gradients.
+fn images(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 0..12u32 {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4 + k * 20) as u8, (y * 5) as u8, (k * 21) as u8])
+        });
+        img.save(dir.join(format!("img{k:02}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn sigint_checkpoints_and_resume_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    let run = dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "pretrain",
+            "--recipe",
+            "micro",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--no-progress",
+            "--set",
+            "optim.epochs=100000",
+            "--set",
+            "run.checkpoint_every=1000000",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let child = bin()
+        .args(args(&[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way (the metrics file appears), then interrupt.
+    let start = Instant::now();
+    while !run.join("metrics.jsonl").exists()
+        || std::fs::metadata(run.join("metrics.jsonl")).unwrap().len() == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(err.contains("checkpoint written at step"), "{err}");
+    let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .collect();
+    assert_eq!(ckpts.len(), 1, "exactly the interrupt's checkpoint");
+    // Resuming continues from it for a few more steps.
+    let step = checkpoint_step(&run);
+    let out = bin()
+        .args(args(&[
+            "--resume",
+            "auto",
+            "--max-steps",
+            &(step + 2).to_string(),
+        ]))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("resuming from") && text.contains(&format!("after {} steps", step + 2)),
+        "{text}"
+    );
+}
+
+/// The step of the run's only checkpoint.
+fn checkpoint_step(run: &Path) -> u64 {
+    let dir = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    state["step"].as_u64().unwrap()
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "pretrain",
+                "--recipe",
+                "nope",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "neither a built-in recipe",
+        ),
+        (
+            &[
+                "pretrain",
+                "--recipe",
+                "micro",
+                "--data",
+                "/does/not/exist",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "/does/not/exist",
+        ),
+        (
+            &[
+                "pretrain",
+                "--recipe",
+                "micro",
+                "--set",
+                "optim.lr=1",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "unknown recipe key \"optim.lr\"",
+        ),
+        (
+            &[
+                "export",
+                "--checkpoint",
+                dir.path().to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "holds no complete checkpoint",
+        ),
+        (
+            &["inspect", "/does/not/exist.safetensors"],
+            "/does/not/exist.safetensors",
+        ),
+        (&["check-data", "/does/not/exist"], "/does/not/exist"),
+    ];
+    for (args, want) in cases {
+        let out = bin().args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
