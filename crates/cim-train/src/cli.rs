@@ -128,12 +128,13 @@ pub enum Command {
         seed: u64,
     },
     /// k-NN (S10: cosine, k 20, temperature 0.07) and linear-probe top-1 on frozen
-    /// features of a labelled set: a folder with Fashion-MNIST's four IDX files.
+    /// features of a labelled set: a folder with Fashion-MNIST's four IDX files, or with
+    /// two ImageFolders `train/` and `val/`.
     Eval {
         /// A checkpoint folder, or a run folder (its newest checkpoint).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*.
+        /// Fashion-MNIST's IDX folder, or a folder with ImageFolders train/ and val/.
         #[arg(long)]
         data: PathBuf,
         /// Which encoder.
@@ -381,7 +382,7 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
         } => {
             let (recipe, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
             let size = image_size.unwrap_or(recipe.data.context_size);
-            let (mut train, mut test) = eval::fashion_mnist(&data)?;
+            let (mut train, mut test) = eval::labelled_sets(&data, size)?;
             if train_per_class > 0 {
                 train = eval::balanced_subset(train, train_per_class, 1);
             }

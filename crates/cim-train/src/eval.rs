@@ -109,6 +109,85 @@ pub fn fashion_mnist(dir: &Path) -> Result<(Labelled, Labelled)> {
     ))
 }
 
+/// A labelled ImageFolder (`root/<class>/<image>`) decoded into `size` x `size` RGB
+/// images: the central square of each image, resized bicubically (as Pillow).
+pub fn image_folder(root: &Path, size: usize) -> Result<Labelled> {
+    let ds =
+        cim_data::Dataset::open(root).with_context(|| format!("opening {}", root.display()))?;
+    if ds.classes().is_empty() {
+        bail!(
+            "{} is not an ImageFolder (root/<class>/<image>): no class folders",
+            root.display()
+        );
+    }
+    let n = ds.len();
+    let per = 3 * size * size;
+    let mut pixels = vec![0u8; n * per];
+    let mut labels = vec![0usize; n];
+    pixels
+        .par_chunks_mut(per)
+        .zip(labels.par_iter_mut())
+        .enumerate()
+        .try_for_each(|(i, (dst, label))| -> Result<()> {
+            let img = ds.load(i).map_err(|e| anyhow!("{e}"))?;
+            let (w, h) = (img.width(), img.height());
+            let side = w.min(h);
+            let crop = cim_data::CropBox {
+                x0: (w - side) / 2,
+                y0: (h - side) / 2,
+                w: side,
+                h: side,
+            };
+            let out = cim_data::resize_crop(
+                &img,
+                crop,
+                size as u32,
+                size as u32,
+                cim_data::Kernel::Bicubic,
+            )
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: cannot resize to {size}x{size}",
+                    ds.path(i)
+                        .map_or(String::new(), |p| p.display().to_string())
+                )
+            })?;
+            let raw = out.as_raw();
+            for (p, px) in raw.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    dst[c * size * size + p] = px[c];
+                }
+            }
+            *label = ds.label(i).expect("an ImageFolder labels every image");
+            Ok(())
+        })?;
+    Ok(Labelled {
+        pixels,
+        channels: 3,
+        height: size,
+        width: size,
+        labels,
+    })
+}
+
+/// The labelled (train, test) sets of `dir`: Fashion-MNIST's four IDX files, or two
+/// ImageFolders `train/` and `val/` (decoded at `size`).
+pub fn labelled_sets(dir: &Path, size: usize) -> Result<(Labelled, Labelled)> {
+    if dir.join("train-images-idx3-ubyte").is_file() {
+        return fashion_mnist(dir);
+    }
+    if dir.join("train").is_dir() && dir.join("val").is_dir() {
+        return Ok((
+            image_folder(&dir.join("train"), size)?,
+            image_folder(&dir.join("val"), size)?,
+        ));
+    }
+    bail!(
+        "{} holds neither Fashion-MNIST's IDX files (train-images-idx3-ubyte, ...) nor ImageFolders train/ and val/",
+        dir.display()
+    )
+}
+
 /// Image `i` as normalised RGB `[3, size, size]`, bilinearly resampled (grey is copied
 /// to the three channels, as `convert('RGB')` does).
 fn normalised(set: &Labelled, i: usize, size: usize, out: &mut [f32]) {
