@@ -67,13 +67,13 @@ fn read<B: Backend>(b: &B, buf: &B::Buffer, name: &str, op: Op) -> Result<Vec<f3
     Ok(out)
 }
 
-/// Compares `x` with the reference `r` under `op`'s tolerance; `tensor` names it in the
-/// report (leaked only on failure, to fit `Mismatch`'s static name).
+/// Compares `x` with the reference `r` under `op`'s tolerance; `kind` is the report's
+/// tensor field and `what` (step and model tensor) goes into its case description.
 fn compare(
     name: &str,
     op: Op,
-    tensor: &str,
-    step: u64,
+    kind: &'static str,
+    what: &str,
     x: &[f32],
     r: &[f64],
     b: &impl Backend,
@@ -86,8 +86,8 @@ fn compare(
     Err(Mismatch {
         backend: name.into(),
         op,
-        tensor: Box::leak(tensor.to_string().into_boxed_str()),
-        case: format!("training_steps: micro model, batch {BATCH}, step {step}"),
+        tensor: kind,
+        case: format!("training_steps: micro model, batch {BATCH}, {what}"),
         problem: Problem::OutOfTolerance {
             index,
             backend: x[index],
@@ -139,7 +139,7 @@ pub fn training_steps<B: Backend>(backend: &B) -> Result<(), Mismatch> {
             &name,
             Op::StepLoss,
             "loss",
-            step,
+            &format!("step {step}, the loss"),
             &loss,
             oracle.loss(),
             backend,
@@ -151,8 +151,8 @@ pub fn training_steps<B: Backend>(backend: &B) -> Result<(), Mismatch> {
             compare(
                 &name,
                 Op::StepGradients,
-                &format!("grad.{}", t.name),
-                step,
+                "gradient",
+                &format!("step {step}, {}", t.name),
                 &grads[r.clone()],
                 &rgrads[r],
                 backend,
@@ -169,8 +169,8 @@ pub fn training_steps<B: Backend>(backend: &B) -> Result<(), Mismatch> {
         compare(
             &name,
             Op::StepParameters,
-            "online parameters after AdamW",
-            step,
+            "parameters",
+            &format!("step {step}, the online parameters after AdamW"),
             &params,
             oracle.buffers()[0],
             backend,
@@ -179,8 +179,8 @@ pub fn training_steps<B: Backend>(backend: &B) -> Result<(), Mismatch> {
         compare(
             &name,
             Op::StepParameters,
-            "target encoder after EMA",
-            step,
+            "target",
+            &format!("step {step}, the target encoder after EMA"),
             &target,
             oracle.buffers()[1],
             backend,
