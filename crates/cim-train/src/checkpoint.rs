@@ -171,7 +171,7 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
         .with_context(|| format!("{} is not a checkpoint state", p.display()))?;
     if state.format != FORMAT {
         bail!(
-            "{}: checkpoint format {} is not supported (this build reads {FORMAT})",
+            "{}: checkpoint format {} is unknown to this build (it reads format {FORMAT})",
             p.display(),
             state.format
         );

@@ -333,7 +333,7 @@ impl Recipe {
     pub fn validate(&self) -> Result<()> {
         if self.format != FORMAT {
             bail!(
-                "recipe format {} is not supported (this build reads format {FORMAT})",
+                "recipe format {} is unknown to this build (it reads format {FORMAT})",
                 self.format
             );
         }
