@@ -3,17 +3,24 @@
 Shared by the parity check (step_parity.py) and the speed baseline (step_bench.py). The
 encoder uses timm's own ViT `Block` and `PatchEmbed`-equivalent conv, so the names and
 numerics are timm's; the correlation decoder (S4) is written here because timm has no
-cross-attention block. Tensor names follow SPEC S12, so a cim-rs step dump loads with a
-plain `load_state_dict`.
+cross-attention block, with its two Figure 4 options selected by the config's
+`correlation` ("attention" | "conv") and `predictor` ("conv1x1" | "deconv") keys, as
+cim-rs defines them (cim_spec::config::Correlation and Predictor). Tensor names follow
+SPEC S12, so a cim-rs step dump loads with a plain `load_state_dict`.
 """
 
 import math
+import warnings
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, Mlp
+
+# conv2d(padding="same") warns that an even kernel (the 4 x 4 exemplar grid) needs a
+# padded copy of the input; that is the definition the correlation option uses.
+warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
 
 
 def resize_pos(pos, g0, g):
@@ -66,6 +73,42 @@ class CrossBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class XCorr(nn.Module):
+    """S4 "conv" correlation option (Figure 4), SiamFC-style: each map's exemplar patch
+    features are per-channel kernels slid over its context patch features (depthwise
+    cross-correlation, 'same' zero padding as conv2d's padding="same", sum scaled by
+    1/n' = 1/sqrt(n'^2)); the class token's row is zero; then the output projection."""
+
+    def __init__(self, dim, grid, kernel):
+        super().__init__()
+        self.grid, self.kernel = grid, kernel
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, t):
+        n, _, d = x.shape
+        g, k = self.grid, self.kernel
+        maps = x[:, 1:].transpose(1, 2).reshape(1, n * d, g, g)
+        kernels = t[:, 1:].transpose(1, 2).reshape(n * d, 1, k, k)
+        o = F.conv2d(maps, kernels, padding="same", groups=n * d) / k
+        o = o.reshape(n, d, g * g).transpose(1, 2)
+        return self.proj(torch.cat([torch.zeros_like(x[:, :1]), o], dim=1))
+
+
+class XCorrBlock(nn.Module):
+    """S4 conv option: x += Proj(XCorr(LN1(x), LN1(t))); x += MLP(LN2(x))."""
+
+    def __init__(self, dim, mlp_ratio, grid, kernel):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.corr = XCorr(dim, grid, kernel)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, dim * mlp_ratio)
+
+    def forward(self, x, t, sdpa=False):
+        x = x + self.corr(self.norm1(x), self.norm1(t))
+        return x + self.mlp(self.norm2(x))
+
+
 class Holder(nn.Module):
     def __init__(self, **kw):
         super().__init__()
@@ -103,11 +146,26 @@ class Cim(nn.Module):
                 prm.requires_grad_(False)
         self.decoder_embed = nn.Linear(d, w)
         self.register_buffer("decoder_pos_embed", torch.zeros(1, 1 + self.gc**2, w))
-        blocks = [CrossBlock(w, c["decoder_heads"], c["mlp_ratio"]) for _ in range(c["decoder_depth"])]
+        # S4 options (Figure 4); a config without the keys is the paper's decoder.
+        correlation = c.get("correlation", "attention")
+        predictor = c.get("predictor", "conv1x1")
+        if correlation == "attention":
+            mk_block = lambda: CrossBlock(w, c["decoder_heads"], c["mlp_ratio"])
+        elif correlation == "conv":
+            mk_block = lambda: XCorrBlock(w, c["mlp_ratio"], self.gc, self.gz)
+        else:
+            raise ValueError(f"unknown correlation {correlation!r}")
+        blocks = [mk_block() for _ in range(c["decoder_depth"])]
         self.decoder_corr_block = Holder(block=blocks[0], **{f"block{i}": b for i, b in enumerate(blocks) if i > 0})
         self.dec_blocks = blocks
         self.decoder_norm = norm(w)
-        self.decoder_pred_mask = nn.Sequential(nn.Conv2d(w, self.channels, 1))
+        if predictor == "conv1x1":
+            self.decoder_pred_mask = nn.Sequential(nn.Conv2d(w, self.channels, 1))
+        elif predictor == "deconv":
+            # Doubles the g x g map before the bilinear upsampling; weight [w, C, 4, 4].
+            self.decoder_pred_mask = nn.Sequential(nn.ConvTranspose2d(w, self.channels, 4, 2, 1))
+        else:
+            raise ValueError(f"unknown predictor {predictor!r}")
 
     def encode(self, x, pe, blocks, norm, g):
         x = pe.proj(x).flatten(2).transpose(1, 2)

@@ -23,6 +23,7 @@ use cim_spec::error::HostError;
 use rayon::prelude::*;
 
 mod attention;
+mod conv;
 mod elementwise;
 mod gemm;
 mod loss;

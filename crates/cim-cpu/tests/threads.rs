@@ -3,7 +3,9 @@
 //! into many tasks (so splits and partial sums are exercised).
 
 use cim_cpu::Cpu;
-use cim_spec::backend::{AdamWArgs, AttentionArgs, GemmArgs, MapLossArgs, PatchArgs};
+use cim_spec::backend::{
+    AdamWArgs, AttentionArgs, ConvTransposeArgs, GemmArgs, MapLossArgs, PatchArgs, XcorrArgs,
+};
 use cim_spec::loss::MapLoss;
 use cim_spec::ops;
 
@@ -219,5 +221,65 @@ fn tokens_and_loss_are_independent_of_the_thread_count() {
         };
         ops::patchify(cpu, &mut patches, &img, &args).unwrap();
         b.push(patches);
+    });
+}
+
+#[test]
+fn decoder_options_are_independent_of_the_thread_count() {
+    // The S4 options at the paper's per-map sizes (10 x 10 context grid, 4 x 4 exemplar
+    // grid, the predictor's kernel 4 / stride 2 / padding 1) over enough maps to be split.
+    let xa = XcorrArgs {
+        batch: 30,
+        channels: 96,
+        height: 10,
+        width: 10,
+        kernel_h: 4,
+        kernel_w: 4,
+        scale: 0.25,
+    };
+    let (nx, nt) = (30 * 101 * 96, 30 * 17 * 96);
+    let init = vec![
+        values(nx, 24, 1.0),
+        values(nt, 25, 1.0),
+        values(nx, 26, 1.0),
+    ];
+    same_bits("depthwise_xcorr", &init, |cpu, b| {
+        let (x, t, dout) = (b[0].clone(), b[1].clone(), b[2].clone());
+        let mut out = vec![0.0; nx];
+        ops::depthwise_xcorr_forward(cpu, &mut out, &x, &t, &xa).unwrap();
+        let (mut dx, mut dt) = (vec![0.0; nx], vec![0.0; nt]);
+        ops::depthwise_xcorr_backward(cpu, &mut dx, &mut dt, &dout, &x, &t, &xa).unwrap();
+        *b = vec![out, dx, dt];
+    });
+    let ca = ConvTransposeArgs {
+        batch: 70,
+        in_channels: 96,
+        out_channels: 2,
+        height: 10,
+        width: 10,
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let (nx, nw, no) = (70 * 101 * 96, 96 * 2 * 16, 70 * 2 * 20 * 20);
+    let init = vec![
+        values(nx, 27, 1.0),
+        values(nw, 28, 0.1),
+        values(2, 29, 0.1),
+        values(no, 30, 1.0),
+        values(nw, 31, 1.0),
+        values(2, 32, 1.0),
+    ];
+    same_bits("conv_transpose", &init, |cpu, b| {
+        let (x, w, bias, dout) = (b[0].clone(), b[1].clone(), b[2].clone(), b[3].clone());
+        let mut out = vec![0.0; no];
+        ops::conv_transpose_forward(cpu, &mut out, &x, &w, &bias, &ca).unwrap();
+        let mut dx = vec![0.0; nx];
+        let [.., dw, db] = &mut b[..] else {
+            unreachable!()
+        };
+        ops::conv_transpose_backward(cpu, &mut dx, dw, db, &dout, &x, &w, &ca).unwrap();
+        b[0] = out;
+        b[1] = dx;
     });
 }

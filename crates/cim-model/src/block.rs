@@ -2,12 +2,14 @@
 //! decoder): `x += Proj(Attn(LN1(x), ...)); x += FC2(GELU(FC1(LN2(x))))`, forward with the
 //! activations the backward needs, and the backward calling the ops in exact reverse
 //! order. In the cross block the queries come from `x` and the keys and values from the
-//! exemplar tokens `t`, both normalised by the same LN1 (S4).
+//! exemplar tokens `t`, both normalised by the same LN1 (S4). The S4 "conv" correlation
+//! option replaces the attention with the depthwise cross-correlation of the two
+//! normalised maps, `x += Proj(XCorr(LN1(x), LN1(t)))`, and keeps the rest of the block.
 
 use core::ops::Range;
 
 use alloc::vec::Vec;
-use cim_spec::backend::{AttentionArgs, Backend, Role};
+use cim_spec::backend::{AttentionArgs, Backend, Role, XcorrArgs};
 use cim_spec::ops;
 
 use crate::layout::BlockParams;
@@ -28,8 +30,25 @@ pub(crate) struct BlockDims {
     pub heads: usize,
     /// MLP hidden width.
     pub hidden: usize,
-    /// Cross-attention (decoder) rather than self-attention (encoder).
-    pub cross: bool,
+    /// What mixes the tokens in the first half of the block.
+    pub mixer: Mixer,
+}
+
+/// The token mixer of a block's first half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mixer {
+    /// Self-attention over the stream (encoder, S3).
+    SelfAttention,
+    /// The stream's queries attend to the exemplar tokens `t` (decoder, S4).
+    CrossAttention,
+    /// Depthwise cross-correlation of the stream's `grid x grid` map (its patch tokens)
+    /// with the exemplar's `kernel x kernel` map (decoder, S4 conv option).
+    Xcorr {
+        /// Side of the stream's map (the context grid g).
+        grid: usize,
+        /// Side of the exemplar's map (n / p).
+        kernel: usize,
+    },
 }
 
 impl BlockDims {
@@ -39,9 +58,42 @@ impl BlockDims {
     fn kv_rows(&self) -> usize {
         self.batch * self.kv_tokens
     }
-    /// Width of the query projection: fused qkv (self) or q alone (cross).
+    /// Width of the query projection: fused qkv (self), q alone (cross), none (xcorr).
     fn q_width(&self) -> usize {
-        if self.cross { self.dim } else { 3 * self.dim }
+        match self.mixer {
+            Mixer::SelfAttention => 3 * self.dim,
+            Mixer::CrossAttention => self.dim,
+            Mixer::Xcorr { .. } => 0,
+        }
+    }
+    /// Rows of the exemplar stream `t` the block reads (0 for self-attention).
+    fn t_rows(&self) -> usize {
+        match self.mixer {
+            Mixer::SelfAttention => 0,
+            Mixer::CrossAttention | Mixer::Xcorr { .. } => self.kv_rows(),
+        }
+    }
+    /// Rows of the fused kv projection (cross-attention only).
+    fn kv_proj_rows(&self) -> usize {
+        if self.mixer == Mixer::CrossAttention {
+            self.kv_rows()
+        } else {
+            0
+        }
+    }
+    /// The correlation's sizes. Its scale `1 / sqrt(kernel^2) = 1 / kernel` keeps a sum
+    /// of `kernel^2` products of unit-variance LayerNorm outputs at unit variance, as
+    /// attention's `1 / sqrt(head_dim)` does for its dot products.
+    fn xcorr(&self, grid: usize, kernel: usize) -> XcorrArgs {
+        XcorrArgs {
+            batch: self.batch,
+            channels: self.dim,
+            height: grid,
+            width: grid,
+            kernel_h: kernel,
+            kernel_w: kernel,
+            scale: 1.0 / kernel as f32,
+        }
     }
     fn attention(&self) -> AttentionArgs {
         AttentionArgs {
@@ -53,7 +105,12 @@ impl BlockDims {
         }
     }
     fn probs(&self) -> usize {
-        self.batch * self.heads * self.tokens * self.kv_tokens
+        match self.mixer {
+            Mixer::SelfAttention | Mixer::CrossAttention => {
+                self.batch * self.heads * self.tokens * self.kv_tokens
+            }
+            Mixer::Xcorr { .. } => 0,
+        }
     }
 }
 
@@ -62,9 +119,10 @@ pub(crate) struct BlockActs<B: Backend> {
     ln1: B::Buffer,
     mean1: B::Buffer,
     rstd1: B::Buffer,
-    /// Fused qkv (self) or q (cross).
+    /// Fused qkv (self) or q (cross); empty for the correlation.
     q: B::Buffer,
-    /// Cross only: LN1(t), its statistics and the fused kv (empty otherwise).
+    /// Cross-attention and correlation: LN1(t) and its statistics; cross-attention only:
+    /// the fused kv (empty otherwise).
     ln1_t: B::Buffer,
     mean1_t: B::Buffer,
     rstd1_t: B::Buffer,
@@ -100,16 +158,16 @@ fn alloc<B: Backend>(b: &B, len: usize) -> Result<B::Buffer, B::Error> {
 impl<B: Backend> BlockActs<B> {
     pub(crate) fn new(b: &B, d: &BlockDims) -> Result<Self, B::Error> {
         let (rows, dim) = (d.rows(), d.dim);
-        let kv_rows = if d.cross { d.kv_rows() } else { 0 };
+        let t_rows = d.t_rows();
         Ok(BlockActs {
             ln1: alloc(b, rows * dim)?,
             mean1: alloc(b, rows)?,
             rstd1: alloc(b, rows)?,
             q: alloc(b, rows * d.q_width())?,
-            ln1_t: alloc(b, kv_rows * dim)?,
-            mean1_t: alloc(b, kv_rows)?,
-            rstd1_t: alloc(b, kv_rows)?,
-            kv: alloc(b, kv_rows * 2 * dim)?,
+            ln1_t: alloc(b, t_rows * dim)?,
+            mean1_t: alloc(b, t_rows)?,
+            rstd1_t: alloc(b, t_rows)?,
+            kv: alloc(b, d.kv_proj_rows() * 2 * dim)?,
             probs: alloc(b, d.probs())?,
             attn: alloc(b, rows * dim)?,
             mid: alloc(b, rows * dim)?,
@@ -126,15 +184,14 @@ impl<B: Backend> BlockActs<B> {
 impl<B: Backend> BlockScratch<B> {
     pub(crate) fn new(b: &B, d: &BlockDims) -> Result<Self, B::Error> {
         let (rows, dim) = (d.rows(), d.dim);
-        let kv_rows = if d.cross { d.kv_rows() } else { 0 };
         Ok(BlockScratch {
             dln: alloc(b, rows * dim)?,
             dattn: alloc(b, rows * dim)?,
             dq: alloc(b, rows * d.q_width())?,
             dscores: alloc(b, d.probs())?,
             dh: alloc(b, rows * d.hidden)?,
-            dln_t: alloc(b, kv_rows * dim)?,
-            dkv: alloc(b, kv_rows * 2 * dim)?,
+            dln_t: alloc(b, d.t_rows() * dim)?,
+            dkv: alloc(b, d.kv_proj_rows() * 2 * dim)?,
         })
     }
 }
@@ -152,8 +209,9 @@ impl<B: Backend> Weights<'_, B> {
     }
 }
 
-/// Forward: reads the block input `x` (`[rows, D]`) and, for the cross block, the
-/// exemplar tokens `t` (`[kv_rows, D]`); fills `acts` (its `out` is the block output).
+/// Forward: reads the block input `x` (`[rows, D]`) and, for the decoder's blocks, the
+/// exemplar tokens `t` (`[kv_rows, D]`, given exactly when the mixer is not
+/// self-attention); fills `acts` (its `out` is the block output).
 pub(crate) fn forward<B: Backend>(
     b: &B,
     w: &Weights<'_, B>,
@@ -182,15 +240,17 @@ pub(crate) fn forward<B: Backend>(
         inp: dim,
         out: d.q_width(),
     };
-    qlin.forward(
-        b,
-        all_mut(b, &mut a.q),
-        all(b, &a.ln1),
-        w.get(b, &p.q_w),
-        w.get(b, &p.q_b),
-    )?;
+    if d.q_width() > 0 {
+        qlin.forward(
+            b,
+            all_mut(b, &mut a.q),
+            all(b, &a.ln1),
+            w.get(b, &p.q_w),
+            w.get(b, &p.q_b),
+        )?;
+    }
     if let Some(t) = t {
-        let kv_rows = d.kv_rows();
+        let t_rows = d.t_rows();
         ops::layernorm_forward(
             b,
             all_mut(b, &mut a.ln1_t),
@@ -199,38 +259,48 @@ pub(crate) fn forward<B: Backend>(
             t,
             w.get(b, &p.norm1_w),
             w.get(b, &p.norm1_b),
-            kv_rows,
+            t_rows,
             dim,
             LN_EPS,
         )?;
-        let kvlin = Linear {
-            rows: kv_rows,
-            inp: dim,
-            out: 2 * dim,
-        };
-        kvlin.forward(
+    }
+    match d.mixer {
+        Mixer::SelfAttention => ops::self_attention_forward(
             b,
-            all_mut(b, &mut a.kv),
+            all_mut(b, &mut a.attn),
+            all_mut(b, &mut a.probs),
+            all(b, &a.q),
+            &d.attention(),
+        )?,
+        Mixer::CrossAttention => {
+            let kvlin = Linear {
+                rows: d.kv_rows(),
+                inp: dim,
+                out: 2 * dim,
+            };
+            kvlin.forward(
+                b,
+                all_mut(b, &mut a.kv),
+                all(b, &a.ln1_t),
+                w.get(b, &p.kv_w),
+                w.get(b, &p.kv_b),
+            )?;
+            ops::cross_attention_forward(
+                b,
+                all_mut(b, &mut a.attn),
+                all_mut(b, &mut a.probs),
+                all(b, &a.q),
+                all(b, &a.kv),
+                &d.attention(),
+            )?;
+        }
+        Mixer::Xcorr { grid, kernel } => ops::depthwise_xcorr_forward(
+            b,
+            all_mut(b, &mut a.attn),
+            all(b, &a.ln1),
             all(b, &a.ln1_t),
-            w.get(b, &p.kv_w),
-            w.get(b, &p.kv_b),
-        )?;
-        ops::cross_attention_forward(
-            b,
-            all_mut(b, &mut a.attn),
-            all_mut(b, &mut a.probs),
-            all(b, &a.q),
-            all(b, &a.kv),
-            &d.attention(),
-        )?;
-    } else {
-        ops::self_attention_forward(
-            b,
-            all_mut(b, &mut a.attn),
-            all_mut(b, &mut a.probs),
-            all(b, &a.q),
-            &d.attention(),
-        )?;
+            &d.xcorr(grid, kernel),
+        )?,
     }
     let proj = Linear {
         rows,
@@ -287,7 +357,7 @@ pub(crate) fn forward<B: Backend>(
 
 /// Backward. On entry `dres` holds the gradient of the block output; on return that of
 /// the block input `x`. Parameter gradients accumulate into `grads` (online layout); for
-/// the cross block the gradient of `t` accumulates into `dt`.
+/// the decoder's blocks the gradient of `t` accumulates into `dt`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<B: Backend>(
     b: &B,
@@ -371,55 +441,79 @@ pub(crate) fn backward<B: Backend>(
         inp: dim,
         out: d.q_width(),
     };
-    if let Some((t, dt)) = t {
-        let kv_rows = d.kv_rows();
-        ops::cross_attention_backward(
+    match d.mixer {
+        Mixer::SelfAttention => ops::self_attention_backward(
             b,
             all_mut(b, &mut s.dq),
-            all_mut(b, &mut s.dkv),
             all_mut(b, &mut s.dscores),
             all(b, &s.dattn),
             all(b, &a.q),
-            all(b, &a.kv),
             all(b, &a.probs),
             &d.attention(),
-        )?;
-        let kvlin = Linear {
-            rows: kv_rows,
-            inp: dim,
-            out: 2 * dim,
-        };
-        kvlin.backward_params(b, grads, &p.kv_w, &p.kv_b, all(b, &s.dkv), all(b, &a.ln1_t))?;
-        kvlin.backward_input(
+        )?,
+        Mixer::CrossAttention => {
+            ops::cross_attention_backward(
+                b,
+                all_mut(b, &mut s.dq),
+                all_mut(b, &mut s.dkv),
+                all_mut(b, &mut s.dscores),
+                all(b, &s.dattn),
+                all(b, &a.q),
+                all(b, &a.kv),
+                all(b, &a.probs),
+                &d.attention(),
+            )?;
+            let kvlin = Linear {
+                rows: d.kv_rows(),
+                inp: dim,
+                out: 2 * dim,
+            };
+            kvlin.backward_params(b, grads, &p.kv_w, &p.kv_b, all(b, &s.dkv), all(b, &a.ln1_t))?;
+            kvlin.backward_input(
+                b,
+                all_mut(b, &mut s.dln_t),
+                all(b, &s.dkv),
+                w.get(b, &p.kv_w),
+                false,
+            )?;
+        }
+        // Writes both normalised streams' gradients; no projection sits before it.
+        Mixer::Xcorr { grid, kernel } => ops::depthwise_xcorr_backward(
             b,
+            all_mut(b, &mut s.dln),
             all_mut(b, &mut s.dln_t),
-            all(b, &s.dkv),
-            w.get(b, &p.kv_w),
-            false,
-        )?;
+            all(b, &s.dattn),
+            all(b, &a.ln1),
+            all(b, &a.ln1_t),
+            &d.xcorr(grid, kernel),
+        )?,
+    }
+    if let Some((t, dt)) = t {
         layernorm_backward(
-            b, w, grads, &p.norm1_w, &p.norm1_b, dt, &s.dln_t, t, &a.mean1_t, &a.rstd1_t, kv_rows,
+            b,
+            w,
+            grads,
+            &p.norm1_w,
+            &p.norm1_b,
+            dt,
+            &s.dln_t,
+            t,
+            &a.mean1_t,
+            &a.rstd1_t,
+            d.t_rows(),
             dim,
         )?;
-    } else {
-        ops::self_attention_backward(
+    }
+    if d.q_width() > 0 {
+        qlin.backward_params(b, grads, &p.q_w, &p.q_b, all(b, &s.dq), all(b, &a.ln1))?;
+        qlin.backward_input(
             b,
-            all_mut(b, &mut s.dq),
-            all_mut(b, &mut s.dscores),
-            all(b, &s.dattn),
-            all(b, &a.q),
-            all(b, &a.probs),
-            &d.attention(),
+            all_mut(b, &mut s.dln),
+            all(b, &s.dq),
+            w.get(b, &p.q_w),
+            false,
         )?;
     }
-    qlin.backward_params(b, grads, &p.q_w, &p.q_b, all(b, &s.dq), all(b, &a.ln1))?;
-    qlin.backward_input(
-        b,
-        all_mut(b, &mut s.dln),
-        all(b, &s.dq),
-        w.get(b, &p.q_w),
-        false,
-    )?;
     layernorm_backward(
         b, w, grads, &p.norm1_w, &p.norm1_b, dres, &s.dln, x, &a.mean1, &a.rstd1, rows, dim,
     )

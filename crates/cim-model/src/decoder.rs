@@ -2,18 +2,20 @@
 //!
 //! The context tokens are projected once per context (`E(h_c) + P_dec`) and repeated for
 //! its K exemplars; each exemplar's tokens `t = E(h_z)` are the keys and values of the
-//! cross blocks; the final LayerNorm's patch tokens go through the 1x1 predictor conv
-//! (a batched GEMM that skips the class token, so no reshape is materialised) and are
-//! upsampled bilinearly (align_corners) to m x m logit maps.
+//! cross blocks (or, with the S4 "conv" correlation, the kernels slid over the context
+//! map); the final LayerNorm's patch tokens go through the 1x1 predictor conv (a batched
+//! GEMM that skips the class token, so no reshape is materialised) or the deconvolution
+//! predictor option (a stride-2 transposed conv reading the same tokens, doubling the
+//! map), and are upsampled bilinearly (align_corners) to m x m logit maps.
 
 use alloc::vec::Vec;
-use cim_spec::backend::{Backend, GemmArgs, MapLossArgs, Role};
-use cim_spec::config::ModelConfig;
+use cim_spec::backend::{Backend, ConvTransposeArgs, GemmArgs, MapLossArgs, Role};
+use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::ops;
 
-use crate::block::{self, BlockActs, BlockDims, BlockScratch, Weights};
+use crate::block::{self, BlockActs, BlockDims, BlockScratch, Mixer, Weights};
 use crate::layout::DecoderParams;
-use crate::nn::{LN_EPS, Linear, Res, all, all_mut};
+use crate::nn::{LN_EPS, Linear, Res, all, all_mut, pair_mut};
 
 /// Sizes of the decoder for one micro-batch.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +34,8 @@ pub(crate) struct DecoderDims {
     pub map: usize,
     /// Logit channels of the loss.
     pub channels: usize,
+    /// The predictor before the upsampling.
+    pub predictor: Predictor,
     /// The cross blocks' sizes (batch B K, context tokens, exemplar tokens).
     pub block: BlockDims,
 }
@@ -40,6 +44,13 @@ impl DecoderDims {
     pub(crate) fn new(c: &ModelConfig, batch: usize) -> Self {
         let grid = c.context_grid();
         let ex_tokens = c.exemplar_grid().pow(2) + 1;
+        let mixer = match c.decoder.correlation {
+            Correlation::Attention => Mixer::CrossAttention,
+            Correlation::Conv => Mixer::Xcorr {
+                grid,
+                kernel: c.exemplar_grid(),
+            },
+        };
         DecoderDims {
             batch,
             exemplars: c.exemplars,
@@ -48,6 +59,7 @@ impl DecoderDims {
             ex_tokens,
             map: c.context_size,
             channels: c.loss.channels(),
+            predictor: c.decoder.predictor,
             block: BlockDims {
                 batch: batch * c.exemplars,
                 tokens: grid * grid + 1,
@@ -55,7 +67,7 @@ impl DecoderDims {
                 dim: c.decoder.width,
                 heads: c.decoder.heads,
                 hidden: c.decoder.width * c.encoder.mlp_ratio,
-                cross: true,
+                mixer,
             },
         }
     }
@@ -70,6 +82,27 @@ impl DecoderDims {
     }
     fn pixels(&self) -> usize {
         self.grid * self.grid
+    }
+    /// Side of the predictor's logit planes (the upsampling's input).
+    fn plane_side(&self) -> usize {
+        self.predictor.out_side(self.grid)
+    }
+    /// Elements of the predictor's logit planes, `[B K, C, side, side]`.
+    fn planes_len(&self) -> usize {
+        self.maps() * self.channels * self.plane_side().pow(2)
+    }
+    /// The deconvolution predictor over the final tokens `[B K, 1 + g^2, d]`.
+    fn deconv(&self) -> ConvTransposeArgs {
+        ConvTransposeArgs {
+            batch: self.maps(),
+            in_channels: self.width(),
+            out_channels: self.channels,
+            height: self.grid,
+            width: self.grid,
+            kernel: Predictor::DECONV_KERNEL,
+            stride: Predictor::DECONV_STRIDE,
+            padding: Predictor::DECONV_PADDING,
+        }
     }
     /// The predictor GEMM for each map: `[C, d] x tokens[1..]^T`, reading the final
     /// LayerNorm output from its second row (the class token is dropped by the view).
@@ -144,7 +177,7 @@ impl<B: Backend> DecoderActs<B> {
             fin: act(rows * w)?,
             mean: act(rows)?,
             rstd: act(rows)?,
-            planes: act(d.maps() * d.channels * d.pixels())?,
+            planes: act(d.planes_len())?,
             logits: act(d.maps() * d.channels * d.map * d.map)?,
         })
     }
@@ -232,30 +265,43 @@ impl<B: Backend> DecoderActs<B> {
             width,
             LN_EPS,
         )?;
-        let patches = b.view(&self.fin, d.patch_view());
-        ops::gemm(
-            b,
-            all_mut(b, &mut self.planes),
-            w.get(b, &p.pred_w),
-            patches,
-            &d.predictor(),
-        )?;
-        ops::add_broadcast(
-            b,
-            all_mut(b, &mut self.planes),
-            w.get(b, &p.pred_b),
-            d.maps(),
-            d.channels,
-            d.pixels(),
-        )?;
+        match d.predictor {
+            Predictor::Conv1x1 => {
+                let patches = b.view(&self.fin, d.patch_view());
+                ops::gemm(
+                    b,
+                    all_mut(b, &mut self.planes),
+                    w.get(b, &p.pred_w),
+                    patches,
+                    &d.predictor(),
+                )?;
+                ops::add_broadcast(
+                    b,
+                    all_mut(b, &mut self.planes),
+                    w.get(b, &p.pred_b),
+                    d.maps(),
+                    d.channels,
+                    d.pixels(),
+                )?;
+            }
+            Predictor::Deconv => ops::conv_transpose_forward(
+                b,
+                all_mut(b, &mut self.planes),
+                all(b, &self.fin),
+                w.get(b, &p.pred_w),
+                w.get(b, &p.pred_b),
+                &d.deconv(),
+            )?,
+        }
         let planes = d.maps() * d.channels;
+        let side = d.plane_side();
         ops::upsample_bilinear_forward(
             b,
             all_mut(b, &mut self.logits),
             all(b, &self.planes),
             planes,
-            d.grid,
-            d.grid,
+            side,
+            side,
             d.map,
             d.map,
         )?;
@@ -290,75 +336,34 @@ impl<B: Backend> DecoderActs<B> {
             maps,
             loss_args,
         )?;
+        let side = d.plane_side();
         ops::upsample_bilinear_backward(
             b,
             all_mut(b, &mut g.dplanes),
             all(b, &g.dlogits),
             planes,
-            d.grid,
-            d.grid,
+            side,
+            side,
             d.map,
             d.map,
         )?;
-        // Predictor: bias, weight (per-map products summed over maps), input.
-        ops::sum_broadcast(
-            b,
-            b.view_mut(grads, p.pred_b.clone()),
-            all(b, &g.dplanes),
-            d.maps(),
-            d.channels,
-            d.pixels(),
-        )?;
-        let per_map = GemmArgs {
-            batch: d.maps(),
-            m: d.channels,
-            n: width,
-            k: d.pixels(),
-            trans_a: false,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-            stride_a: d.channels * d.pixels(),
-            stride_b: nc * width,
-            stride_c: d.channels * width,
-        };
-        ops::gemm(
-            b,
-            all_mut(b, &mut g.dpred),
-            all(b, &g.dplanes),
-            b.view(&self.fin, d.patch_view()),
-            &per_map,
-        )?;
-        ops::sum_broadcast(
-            b,
-            b.view_mut(grads, p.pred_w.clone()),
-            all(b, &g.dpred),
-            d.maps(),
-            d.channels * width,
-            1,
-        )?;
-        b.fill(all_mut(b, &mut g.dfin), 0.0)?;
-        let to_tokens = GemmArgs {
-            batch: d.maps(),
-            m: d.pixels(),
-            n: width,
-            k: d.channels,
-            trans_a: true,
-            trans_b: false,
-            alpha: 1.0,
-            beta: 0.0,
-            stride_a: d.channels * d.pixels(),
-            stride_b: 0,
-            stride_c: nc * width,
-        };
-        let range = d.patch_view();
-        ops::gemm(
-            b,
-            b.view_mut(&mut g.dfin, range),
-            all(b, &g.dplanes),
-            w.get(b, &p.pred_w),
-            &to_tokens,
-        )?;
+        match d.predictor {
+            Predictor::Conv1x1 => self.conv1x1_backward(b, w, p, grads, g)?,
+            // Writes every row of dfin, the class rows with zeros.
+            Predictor::Deconv => {
+                let (dw, db) = pair_mut(b, grads, p.pred_w.clone(), p.pred_b.clone());
+                ops::conv_transpose_backward(
+                    b,
+                    all_mut(b, &mut g.dfin),
+                    dw,
+                    db,
+                    all(b, &g.dplanes),
+                    all(b, &self.fin),
+                    w.get(b, &p.pred_w),
+                    &d.deconv(),
+                )?;
+            }
+        }
         // Final LayerNorm and the cross blocks.
         b.fill(all_mut(b, &mut g.dres), 0.0)?;
         let last = &self.blocks[self.blocks.len() - 1].out;
@@ -425,6 +430,81 @@ impl<B: Backend> DecoderActs<B> {
             false,
         )
     }
+
+    /// The 1x1 predictor conv's backward: bias and weight gradients accumulate into
+    /// `grads`, the gradient of the final tokens is written into `g.dfin` (zeros in the
+    /// class rows).
+    fn conv1x1_backward(
+        &self,
+        b: &B,
+        w: &Weights<'_, B>,
+        p: &DecoderParams,
+        grads: &mut B::Buffer,
+        g: &mut DecoderGrads<B>,
+    ) -> Res<B> {
+        let d = self.dims;
+        let (width, nc) = (d.width(), d.ctx_tokens());
+        // Predictor: bias, weight (per-map products summed over maps), input.
+        ops::sum_broadcast(
+            b,
+            b.view_mut(grads, p.pred_b.clone()),
+            all(b, &g.dplanes),
+            d.maps(),
+            d.channels,
+            d.pixels(),
+        )?;
+        let per_map = GemmArgs {
+            batch: d.maps(),
+            m: d.channels,
+            n: width,
+            k: d.pixels(),
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            stride_a: d.channels * d.pixels(),
+            stride_b: nc * width,
+            stride_c: d.channels * width,
+        };
+        ops::gemm(
+            b,
+            all_mut(b, &mut g.dpred),
+            all(b, &g.dplanes),
+            b.view(&self.fin, d.patch_view()),
+            &per_map,
+        )?;
+        ops::sum_broadcast(
+            b,
+            b.view_mut(grads, p.pred_w.clone()),
+            all(b, &g.dpred),
+            d.maps(),
+            d.channels * width,
+            1,
+        )?;
+        b.fill(all_mut(b, &mut g.dfin), 0.0)?;
+        let to_tokens = GemmArgs {
+            batch: d.maps(),
+            m: d.pixels(),
+            n: width,
+            k: d.channels,
+            trans_a: true,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            stride_a: d.channels * d.pixels(),
+            stride_b: 0,
+            stride_c: nc * width,
+        };
+        let range = d.patch_view();
+        ops::gemm(
+            b,
+            b.view_mut(&mut g.dfin, range),
+            all(b, &g.dplanes),
+            w.get(b, &p.pred_w),
+            &to_tokens,
+        )?;
+        Ok(())
+    }
 }
 
 impl<B: Backend> DecoderGrads<B> {
@@ -435,8 +515,13 @@ impl<B: Backend> DecoderGrads<B> {
         let act = |n| b.alloc(n, Role::Activation);
         Ok(DecoderGrads {
             dlogits: act(d.maps() * d.channels * d.map * d.map)?,
-            dplanes: act(d.maps() * d.channels * d.pixels())?,
-            dpred: act(d.maps() * d.channels * w)?,
+            dplanes: act(d.planes_len())?,
+            // Only the 1x1 conv's per-map weight gradients need it.
+            dpred: act(if d.predictor == Predictor::Conv1x1 {
+                d.maps() * d.channels * w
+            } else {
+                0
+            })?,
             dfin: act(rows * w)?,
             dres: act(rows * w)?,
             dt: act(d.maps() * d.ex_tokens * w)?,

@@ -8,7 +8,7 @@ use cim_spec::backend::{Backend, PatchArgs, Role};
 use cim_spec::config::EncoderConfig;
 use cim_spec::ops;
 
-use crate::block::{self, BlockActs, BlockDims, BlockScratch, Weights};
+use crate::block::{self, BlockActs, BlockDims, BlockScratch, Mixer, Weights};
 use crate::layout::EncoderParams;
 use crate::nn::{LN_EPS, Linear, Res, all, all_mut};
 
@@ -54,7 +54,7 @@ impl<B: Backend> EncoderStream<B> {
             dim: cfg.dim,
             heads: cfg.heads,
             hidden: cfg.dim * cfg.mlp_ratio,
-            cross: false,
+            mixer: Mixer::SelfAttention,
         };
         let rows = batch * tokens;
         let patch_len = batch * grid * grid * 3 * cfg.patch * cfg.patch;

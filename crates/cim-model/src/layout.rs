@@ -19,7 +19,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use cim_spec::config::ModelConfig;
+use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::init::{self, Init};
 
 /// One named tensor of the parameter buffer.
@@ -43,10 +43,12 @@ pub struct TensorSpec {
 pub struct BlockParams {
     pub norm1_w: Range<usize>,
     pub norm1_b: Range<usize>,
-    /// Encoder: fused `qkv` `[3D, D]`; decoder: `q` `[d, d]`.
+    /// Encoder: fused `qkv` `[3D, D]`; decoder: `q` `[d, d]` (empty with the conv
+    /// correlation, which has no projections before it).
     pub q_w: Range<usize>,
     pub q_b: Range<usize>,
-    /// Decoder only: fused `kv` `[2d, d]` (empty in the encoder).
+    /// Decoder only: fused `kv` `[2d, d]` (empty in the encoder and with the conv
+    /// correlation).
     pub kv_w: Range<usize>,
     pub kv_b: Range<usize>,
     pub proj_w: Range<usize>,
@@ -234,15 +236,42 @@ impl ParamLayout {
                 format!("decoder_corr_block.block{i}")
             };
             let n = |s: &str| format!("{prefix}.{s}");
-            dec_ids.push([
+            // Registered in the release's module order (offsets and init streams follow
+            // registration order).
+            let norm1 = [
                 b.add(n("norm1.weight"), &[w], Init::Ones, dn),
                 b.add(n("norm1.bias"), &[w], Init::Zeros, dn),
-                b.add(n("attn.q.weight"), &[w, w], xavier(), dde),
-                b.add(n("attn.q.bias"), &[w], Init::Zeros, dn),
-                b.add(n("attn.kv.weight"), &[2 * w, w], xavier(), dde),
-                b.add(n("attn.kv.bias"), &[2 * w], Init::Zeros, dn),
-                b.add(n("attn.proj.weight"), &[w, w], xavier(), dde),
-                b.add(n("attn.proj.bias"), &[w], Init::Zeros, dn),
+            ];
+            // The conv correlation (S4 option) has no q and kv projections: the
+            // correlation itself is parameter-free, only its output projection remains,
+            // named after the module that holds it (`corr` in place of `attn`).
+            let mixer = match dd.correlation {
+                Correlation::Attention => [
+                    b.add(n("attn.q.weight"), &[w, w], xavier(), dde),
+                    b.add(n("attn.q.bias"), &[w], Init::Zeros, dn),
+                    b.add(n("attn.kv.weight"), &[2 * w, w], xavier(), dde),
+                    b.add(n("attn.kv.bias"), &[2 * w], Init::Zeros, dn),
+                    b.add(n("attn.proj.weight"), &[w, w], xavier(), dde),
+                    b.add(n("attn.proj.bias"), &[w], Init::Zeros, dn),
+                ],
+                Correlation::Conv => [
+                    usize::MAX,
+                    usize::MAX,
+                    usize::MAX,
+                    usize::MAX,
+                    b.add(n("corr.proj.weight"), &[w, w], xavier(), dde),
+                    b.add(n("corr.proj.bias"), &[w], Init::Zeros, dn),
+                ],
+            };
+            dec_ids.push([
+                norm1[0],
+                norm1[1],
+                mixer[0],
+                mixer[1],
+                mixer[2],
+                mixer[3],
+                mixer[4],
+                mixer[5],
                 b.add(n("norm2.weight"), &[w], Init::Ones, dn),
                 b.add(n("norm2.bias"), &[w], Init::Zeros, dn),
                 b.add(n("mlp.fc1.weight"), &[dhid, w], xavier(), dde),
@@ -253,11 +282,21 @@ impl ParamLayout {
         }
         let dnorm_w = b.add("decoder_norm.weight".into(), &[w], Init::Ones, dn);
         let dnorm_b = b.add("decoder_norm.bias".into(), &[w], Init::Zeros, dn);
+        // S8 for the predictor: the release's conv rule, weight N(0, sqrt(2 / (k k C)))
+        // (He over the fan-out, k the kernel side), which S8 states with k explicit; the
+        // bias as PyTorch initialises the layer it is, U(+-1/sqrt(fan_in)) with the fan-in
+        // PyTorch computes from the stored weight: d for the 1x1 Conv2d ([C, d, 1, 1]),
+        // C k k for ConvTranspose2d ([d, C, k, k], dimension 1 is its output channels).
+        let k = dd.predictor.kernel();
+        let (pred_shape, bias_fan_in) = match dd.predictor {
+            Predictor::Conv1x1 => ([channels, w, 1, 1], w),
+            Predictor::Deconv => ([w, channels, k, k], channels * k * k),
+        };
         let pred_w = b.add(
             "decoder_pred_mask.0.weight".into(),
-            &[channels, w, 1, 1],
+            &pred_shape,
             Init::Normal {
-                std: init::predictor_conv_std(1, channels),
+                std: init::predictor_conv_std(k, channels),
             },
             dde,
         );
@@ -265,7 +304,7 @@ impl ParamLayout {
             "decoder_pred_mask.0.bias".into(),
             &[channels],
             Init::Uniform {
-                bound: init::predictor_bias_bound(w),
+                bound: init::predictor_bias_bound(bias_fan_in),
             },
             dn,
         );
@@ -302,8 +341,8 @@ impl ParamLayout {
         let block = |ids: &[usize; 14]| BlockParams {
             norm1_w: r(ids[0]),
             norm1_b: r(ids[1]),
-            q_w: r(ids[2]),
-            q_b: r(ids[3]),
+            q_w: empty(ids[2]),
+            q_b: empty(ids[3]),
             kv_w: empty(ids[4]),
             kv_b: empty(ids[5]),
             proj_w: r(ids[6]),
@@ -376,9 +415,17 @@ mod tests {
 
     #[test]
     fn groups_follow_s6_and_ranges_are_contiguous() {
-        for frozen in [true, false] {
+        let options = [
+            (true, Correlation::Attention, Predictor::Conv1x1),
+            (false, Correlation::Attention, Predictor::Conv1x1),
+            (true, Correlation::Conv, Predictor::Deconv),
+            (false, Correlation::Conv, Predictor::Conv1x1),
+        ];
+        for (frozen, correlation, predictor) in options {
             let mut c = ModelConfig::micro();
             c.encoder.frozen_patch_embed = frozen;
+            c.decoder.correlation = correlation;
+            c.decoder.predictor = predictor;
             let l = ParamLayout::new(&c);
             let mut next = 0;
             for t in &l.tensors {
@@ -435,5 +482,43 @@ mod tests {
         // and the fixed position embedding (197 x 768) that leaves 85,647,360.
         let enc: usize = l.ema.len() + l.cls.len();
         assert_eq!(enc, 86_567_656 - 769_000 - 197 * 768);
+    }
+
+    #[test]
+    fn decoder_options_have_their_own_tensors() {
+        let mut c = ModelConfig::preset("vit-base").unwrap();
+        let default = ParamLayout::new(&c);
+        c.decoder.correlation = Correlation::Conv;
+        c.decoder.predictor = Predictor::Deconv;
+        let l = ParamLayout::new(&c);
+        let spec = |n: &str| l.tensor(n).unwrap().clone();
+        // PyTorch's ConvTranspose2d(512, 2, 4, 2, 1) stores [in, out, k, k].
+        let w = spec("decoder_pred_mask.0.weight");
+        assert_eq!(w.shape, [512, 2, 4, 4]);
+        assert_eq!(w.init, Init::Normal { std: 0.25 });
+        let b = spec("decoder_pred_mask.0.bias");
+        assert_eq!(b.shape, [2]);
+        assert_eq!(
+            b.init,
+            Init::Uniform {
+                bound: 1.0 / 32f64.sqrt()
+            }
+        );
+        assert_eq!(
+            spec("decoder_corr_block.block.corr.proj.weight").shape,
+            [512, 512]
+        );
+        for gone in ["attn.q.weight", "attn.kv.bias", "attn.proj.weight"] {
+            let name = format!("decoder_corr_block.block.{gone}");
+            assert!(l.tensor(&name).is_none(), "{name}");
+        }
+        let blk = &l.decoder.blocks[0];
+        assert!(blk.q_w.is_empty() && blk.kv_w.is_empty() && !blk.proj_w.is_empty());
+        // The encoder is untouched by the decoder options (its offsets move with the
+        // decoder's no-decay slot in front of it, its size does not).
+        assert_eq!(l.ema.len(), default.ema.len());
+        // The default keeps the 1x1 conv's S8 initialisation.
+        let w = default.tensor("decoder_pred_mask.0.weight").unwrap();
+        assert_eq!(w.init, Init::Normal { std: 1.0 });
     }
 }

@@ -4,7 +4,7 @@
 //! against their S6/S7 formulas.
 
 use cim_model::cim_spec::backend::Memory;
-use cim_model::cim_spec::config::ModelConfig;
+use cim_model::cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_model::cim_spec::loss::MapLoss;
 use cim_model::cim_spec::rng::CimRng;
 use cim_model::cim_spec::schedule::AdamW;
@@ -102,6 +102,34 @@ fn frozen_patch_embedding_and_two_decoder_blocks() {
     let mut c = ModelConfig::micro();
     c.encoder.frozen_patch_embed = true;
     c.decoder.depth = 2;
+    check_gradients(c);
+}
+
+#[test]
+fn conv_correlation() {
+    // An odd exemplar grid (3: 'same' padding on both sides) in two correlation blocks,
+    // and the even grid of `micro` (2: the extra padding row below and right).
+    let mut c = ModelConfig::micro();
+    c.decoder.correlation = Correlation::Conv;
+    c.encoder.depth = 1;
+    c.exemplar_size = 24;
+    c.decoder.depth = 2;
+    check_gradients(c);
+    let mut c = ModelConfig::micro();
+    c.decoder.correlation = Correlation::Conv;
+    c.encoder.depth = 1;
+    check_gradients(c);
+}
+
+#[test]
+fn deconv_predictor() {
+    let mut c = ModelConfig::micro();
+    c.decoder.predictor = Predictor::Deconv;
+    c.encoder.depth = 1;
+    check_gradients(c);
+    // Both options together, with the single-logit loss (one output channel).
+    c.decoder.correlation = Correlation::Conv;
+    c.loss = MapLoss::BinaryCrossEntropy;
     check_gradients(c);
 }
 

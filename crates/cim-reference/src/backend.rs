@@ -9,12 +9,13 @@
 use core::ops::Range;
 
 use cim_spec::backend::{
-    AdamWArgs, Attention, AttentionArgs, Backend, Elementwise, Gemm, GemmArgs, MapLossArgs,
-    MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
+    AdamWArgs, Attention, AttentionArgs, Backend, Conv, ConvTransposeArgs, Elementwise, Gemm,
+    GemmArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
+    XcorrArgs,
 };
 use cim_spec::error::HostError;
 
-use crate::{attention, elementwise, gemm, loss, norm, optim, tokens};
+use crate::{attention, conv, elementwise, gemm, loss, norm, optim, tokens};
 
 /// The oracle backend: every op as naive loops with f64 storage and f64 arithmetic.
 ///
@@ -365,6 +366,58 @@ impl Tokens for Reference {
         out_w: usize,
     ) -> Result<(), HostError> {
         tokens::upsample_bilinear_backward(dx, dout, planes, in_h, in_w, out_h, out_w);
+        Ok(())
+    }
+}
+
+impl Conv for Reference {
+    fn depthwise_xcorr_forward(
+        &self,
+        out: &mut [f64],
+        x: &[f64],
+        t: &[f64],
+        args: &XcorrArgs,
+    ) -> Result<(), HostError> {
+        conv::depthwise_xcorr_forward(out, x, t, args);
+        Ok(())
+    }
+
+    fn depthwise_xcorr_backward(
+        &self,
+        dx: &mut [f64],
+        dt: &mut [f64],
+        dout: &[f64],
+        x: &[f64],
+        t: &[f64],
+        args: &XcorrArgs,
+    ) -> Result<(), HostError> {
+        conv::depthwise_xcorr_backward(dx, dt, dout, x, t, args);
+        Ok(())
+    }
+
+    fn conv_transpose_forward(
+        &self,
+        out: &mut [f64],
+        x: &[f64],
+        weight: &[f64],
+        bias: &[f64],
+        args: &ConvTransposeArgs,
+    ) -> Result<(), HostError> {
+        conv::conv_transpose_forward(out, x, weight, bias, args);
+        Ok(())
+    }
+
+    fn conv_transpose_backward(
+        &self,
+        dx: &mut [f64],
+        dweight: &mut [f64],
+        dbias: &mut [f64],
+        dout: &[f64],
+        x: &[f64],
+        weight: &[f64],
+        args: &ConvTransposeArgs,
+    ) -> Result<(), HostError> {
+        conv::conv_transpose_backward(dx, dweight, dbias, dout, x, weight, args);
         Ok(())
     }
 }

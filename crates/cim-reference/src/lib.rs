@@ -8,7 +8,7 @@
 //!
 //! Two layers:
 //! - one module per topic ([`gemm`], [`elementwise`], [`norm`], [`attention`],
-//!   [`tokens`], [`loss`], [`optim`]) holds pure functions on plain `f64` slices, one per
+//!   [`tokens`], [`conv`], [`loss`], [`optim`]) holds pure functions on plain `f64` slices, one per
 //!   op, that tests and tools may call directly;
 //! - [`Reference`] implements every trait of [`cim_spec::backend`] by calling them, with
 //!   `Vec<f64>` buffers and `&[f64]` / `&mut [f64]` views.
@@ -26,6 +26,7 @@
 
 pub mod attention;
 mod backend;
+pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod loss;

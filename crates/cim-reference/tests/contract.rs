@@ -480,3 +480,81 @@ fn wrappers_reject_wrong_lengths_naming_the_argument() {
         ("map_loss_backward", "target", 3, 2)
     );
 }
+
+#[test]
+fn conv_ops_write_inputs_gradients_and_accumulate_parameter_gradients() {
+    use cim_spec::backend::{ConvTransposeArgs, XcorrArgs};
+    let r = Reference::new();
+    let xa = XcorrArgs {
+        batch: 2,
+        channels: 3,
+        height: 3,
+        width: 4,
+        kernel_h: 2,
+        kernel_w: 3,
+        scale: 0.5,
+    };
+    let (x, t) = (rand(30, 2 * 13 * 3), rand(31, 2 * 7 * 3));
+    run_twice("depthwise_xcorr_forward", &[78], &[Writes], |o| {
+        ops::depthwise_xcorr_forward(&r, &mut o[0][..], &x[..], &t[..], &xa).unwrap()
+    });
+    let dout = rand(32, 78);
+    run_twice("depthwise_xcorr_backward", &[78, 42], &[Writes; 2], |o| {
+        let [dx, dt] = o else { unreachable!() };
+        ops::depthwise_xcorr_backward(&r, &mut dx[..], &mut dt[..], &dout[..], &x[..], &t[..], &xa)
+            .unwrap()
+    });
+    let ca = ConvTransposeArgs {
+        batch: 2,
+        in_channels: 3,
+        out_channels: 2,
+        height: 2,
+        width: 3,
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let (x, w, bias) = (rand(33, 2 * 7 * 3), rand(34, 3 * 2 * 16), rand(35, 2));
+    let out_len = 2 * 2 * 4 * 6;
+    run_twice("conv_transpose_forward", &[out_len], &[Writes], |o| {
+        ops::conv_transpose_forward(&r, &mut o[0][..], &x[..], &w[..], &bias[..], &ca).unwrap()
+    });
+    let dout = rand(36, out_len);
+    run_twice(
+        "conv_transpose_backward",
+        &[42, 96, 2],
+        &[Writes, Accumulates, Accumulates],
+        |o| {
+            let [dx, dw, db] = o else { unreachable!() };
+            ops::conv_transpose_backward(
+                &r,
+                &mut dx[..],
+                &mut dw[..],
+                &mut db[..],
+                &dout[..],
+                &x[..],
+                &w[..],
+                &ca,
+            )
+            .unwrap()
+        },
+    );
+    // Too much padding leaves no output: refused, naming the size.
+    let e = ops::conv_transpose_forward(
+        &r,
+        &mut [0.0; 0][..],
+        &x[..],
+        &w[..],
+        &bias[..],
+        &ConvTransposeArgs {
+            height: 1,
+            width: 1,
+            batch: 1,
+            kernel: 2,
+            padding: 1,
+            ..ca
+        },
+    )
+    .unwrap_err();
+    assert_eq!(shape(e).argument, "output height");
+}

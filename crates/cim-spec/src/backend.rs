@@ -1,7 +1,7 @@
 //! The backend contract: every op of the CIM training step (S3-S7) as a small trait.
 //!
 //! A [`Backend`] is the bundle of [`Memory`], [`Gemm`], [`Elementwise`], [`Norm`],
-//! [`Attention`], [`Tokens`], [`MapLossOps`] and [`Optim`]. Conventions, once for all ops:
+//! [`Attention`], [`Tokens`], [`Conv`], [`MapLossOps`] and [`Optim`]. Conventions, once for all ops:
 //! - Arguments come as outputs first, then inputs, then sizes as plain `usize`. Buffers
 //!   are contiguous and row-major (S1); a view is an offset and a length in one buffer.
 //! - Sizes are checked once, by the wrappers in [`crate::ops`]; callers should go through
@@ -433,6 +433,161 @@ pub trait Tokens: Memory {
     ) -> Result<(), Self::Error>;
 }
 
+/// Sizes of a per-channel (depthwise) cross-correlation of token maps: the S4 "conv"
+/// correlation option, SiamFC's correlation with the exemplar's features as kernels slid
+/// over the context's features, one kernel per channel.
+///
+/// Both operands are *token maps*: sequences in the S1 token layout, `[N, 1 + H W, C]`,
+/// whose token 0 (the class token) is not part of the map and tokens `1 + y W + x` are
+/// the map's pixels in row-major order, channels last, exactly as the decoder holds its
+/// tokens (no reshape or transpose is materialised).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XcorrArgs {
+    /// Independent (map, kernel) pairs: B K in the decoder.
+    pub batch: usize,
+    /// Channels C: the decoder width d.
+    pub channels: usize,
+    /// Map height H: the context grid g.
+    pub height: usize,
+    /// Map width W.
+    pub width: usize,
+    /// Kernel height kh: the exemplar grid n / p.
+    pub kernel_h: usize,
+    /// Kernel width kw.
+    pub kernel_w: usize,
+    /// Multiplier of every sum; the decoder uses `1 / sqrt(kh kw)` (see the model).
+    pub scale: f32,
+}
+
+impl XcorrArgs {
+    /// Zero rows above the map, `(kh - 1) / 2` (rounded down): PyTorch's `padding='same'`
+    /// split, which puts the odd one of an even kernel's `kh - 1` padding rows below.
+    pub fn pad_h(&self) -> usize {
+        self.kernel_h.saturating_sub(1) / 2
+    }
+    /// Zero columns left of the map, `(kw - 1) / 2` (rounded down).
+    pub fn pad_w(&self) -> usize {
+        self.kernel_w.saturating_sub(1) / 2
+    }
+}
+
+/// Sizes of a 2-D transposed convolution (PyTorch's `ConvTranspose2d` with groups 1,
+/// dilation 1, output padding 0, a square kernel): the S4 deconvolution predictor option.
+/// The input is a token map `[N, 1 + H W, C_in]` (see [`XcorrArgs`]), the output NCHW
+/// planes `[N, C_out, OH, OW]` with `OH = (H - 1) stride + kernel - 2 padding` (and `OW`
+/// alike), the layout the bilinear upsampling reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTransposeArgs {
+    /// Maps N.
+    pub batch: usize,
+    /// Input channels C_in (the decoder width d).
+    pub in_channels: usize,
+    /// Output channels C_out (the loss's logit channels).
+    pub out_channels: usize,
+    /// Input height H.
+    pub height: usize,
+    /// Input width W.
+    pub width: usize,
+    /// Kernel side k.
+    pub kernel: usize,
+    /// Stride s.
+    pub stride: usize,
+    /// Implicit zero padding p removed from each side of the full output.
+    pub padding: usize,
+}
+
+impl ConvTransposeArgs {
+    /// Output side for an input side: `(side - 1) stride + kernel - 2 padding`, or `None`
+    /// when that is not positive (or the input side is 0, or it overflows).
+    pub fn out_side(&self, side: usize) -> Option<usize> {
+        side.checked_sub(1)?
+            .checked_mul(self.stride)?
+            .checked_add(self.kernel)?
+            .checked_sub(self.padding.checked_mul(2)?)
+            .filter(|&o| o > 0)
+    }
+    /// Output height OH (0 when the sizes admit no output).
+    pub fn out_height(&self) -> usize {
+        self.out_side(self.height).unwrap_or(0)
+    }
+    /// Output width OW (0 when the sizes admit no output).
+    pub fn out_width(&self) -> usize {
+        self.out_side(self.width).unwrap_or(0)
+    }
+}
+
+/// The convolutions of the decoder's Figure 4 options (S4): the depthwise
+/// cross-correlation that replaces cross-attention, and the transposed convolution that
+/// replaces the 1x1 predictor conv. Both read token maps (see [`XcorrArgs`]): token 0 of
+/// each sequence is never read, and the input gradients write zeros there.
+pub trait Conv: Memory {
+    /// Depthwise cross-correlation with 'same' zero padding: for `x` `[N, 1 + H W, C]`
+    /// (the maps), `t` `[N, 1 + kh kw, C]` (one kh x kw kernel per map and channel),
+    /// `out[n, 1 + i W + j, c] = scale * sum_{u < kh, v < kw} x[n, 1 + (i + u - ph) W +
+    /// (j + v - pw), c] * t[n, 1 + u kw + v, c]` over the terms whose row `i + u - ph` lies
+    /// in `[0, H)` and column `j + v - pw` in `[0, W)` (the others read zero padding),
+    /// `ph = (kh - 1) / 2`, `pw = (kw - 1) / 2` ([`XcorrArgs::pad_h`]); and
+    /// `out[n, 0, :] = 0`. Writes `out` `[N, 1 + H W, C]`. As PyTorch's
+    /// `conv2d(x, t, padding='same', groups=C)` per map (a cross-correlation: the kernel is
+    /// not flipped).
+    fn depthwise_xcorr_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        t: Self::View<'_>,
+        args: &XcorrArgs,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`Conv::depthwise_xcorr_forward`] (`dout[n, 0, :]` is not read):
+    /// `dx[n, 1 + y W + x, c] = scale * sum dout[n, 1 + i W + j, c] t[n, 1 + u kw + v, c]`
+    /// over the in-map outputs `(i, j) = (y - u + ph, x - v + pw)`, and
+    /// `dt[n, 1 + u kw + v, c] = scale * sum_{i, j} dout[n, 1 + i W + j, c]
+    /// x[n, 1 + (i + u - ph) W + (j + v - pw), c]` over the in-map inputs. Writes `dx`
+    /// `[N, 1 + H W, C]` and `dt` `[N, 1 + kh kw, C]`, each with zeros in its token 0
+    /// (input gradients are written, as the contract's rule for them says).
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_xcorr_backward(
+        &self,
+        dx: Self::ViewMut<'_>,
+        dt: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        x: Self::View<'_>,
+        t: Self::View<'_>,
+        args: &XcorrArgs,
+    ) -> Result<(), Self::Error>;
+    /// Transposed convolution: for `x` `[N, 1 + H W, C_in]`, `weight` `[C_in, C_out, k, k]`
+    /// (PyTorch's `ConvTranspose2d` storage) and `bias` `[C_out]`,
+    /// `out[n, o, oy, ox] = bias[o] + sum x[n, 1 + iy W + ix, c] weight[c, o, ky, kx]`
+    /// over all `c` and all `(iy, ky)`, `(ix, kx)` with `oy = iy s - p + ky`,
+    /// `ox = ix s - p + kx`, `0 <= ky, kx < k`: each input pixel scatters a k x k patch of
+    /// its weights at stride s, and p rows and columns are cut from each side. Writes
+    /// `out` `[N, C_out, OH, OW]`.
+    fn conv_transpose_forward(
+        &self,
+        out: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Self::View<'_>,
+        args: &ConvTransposeArgs,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`Conv::conv_transpose_forward`]: with the same index relation,
+    /// `dx[n, 1 + iy W + ix, c] = sum_{o, ky, kx} dout[n, o, iy s - p + ky, ix s - p + kx]
+    /// weight[c, o, ky, kx]` over in-range output pixels, written, with `dx[n, 0, :] = 0`;
+    /// `dweight[c, o, ky, kx] += sum_{n, iy, ix} x[n, 1 + iy W + ix, c] dout[n, o, oy, ox]`
+    /// and `dbias[o] += sum_{n, oy, ox} dout[n, o, oy, ox]` (parameter gradients
+    /// accumulate).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_transpose_backward(
+        &self,
+        dx: Self::ViewMut<'_>,
+        dweight: Self::ViewMut<'_>,
+        dbias: Self::ViewMut<'_>,
+        dout: Self::View<'_>,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        args: &ConvTransposeArgs,
+    ) -> Result<(), Self::Error>;
+}
+
 /// Sizes and scaling of a map-loss call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MapLossArgs {
@@ -526,7 +681,9 @@ pub trait Optim: Memory {
 }
 
 /// A complete CIM backend: every op of the training step.
-pub trait Backend: Gemm + Elementwise + Norm + Attention + Tokens + MapLossOps + Optim {
+pub trait Backend:
+    Gemm + Elementwise + Norm + Attention + Tokens + Conv + MapLossOps + Optim
+{
     /// A short name for reports (`"reference"`, `"cpu"`, `"cuda:0"`).
     fn name(&self) -> &str;
     /// The activation precision, which selects the tolerance column.

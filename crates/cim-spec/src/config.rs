@@ -24,6 +24,106 @@ pub struct EncoderConfig {
     pub frozen_patch_embed: bool,
 }
 
+/// How a decoder block correlates the context tokens with the exemplar tokens (S4 and
+/// its Figure 4 option).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Correlation {
+    /// The paper's and the release's cross block:
+    /// `x += Proj(MHA(q = LN1(x), k = v = LN1(t))); x += MLP(LN2(x))`.
+    #[default]
+    Attention,
+    /// SiamFC-style correlation in place of the attention: the exemplar's patch features
+    /// are kernels slid over the context's patch features,
+    /// `x += Proj(XCorr(LN1(x), LN1(t))); x += MLP(LN2(x))`, where `XCorr` is the
+    /// per-channel (depthwise) cross-correlation of the `g x g x d` context map with the
+    /// `n' x n' x d` exemplar map, 'same' zero padding, scaled by `1 / n'` (see
+    /// `cim_spec::backend::Conv::depthwise_xcorr_forward`). Depthwise rather than SiamFC's
+    /// full-channel sum so the result keeps d channels and the block's Proj, MLP, LayerNorm
+    /// and the d-channel predictor keep their meaning; Proj then mixes the channels (as
+    /// SiamRPN++'s depthwise correlation is followed by a 1x1 conv). The correlation has
+    /// no weights of its own (SiamFC's is parameter-free): the block has no q and kv
+    /// projections, and its output projection is named `corr.proj`.
+    Conv,
+}
+
+impl Correlation {
+    /// The recipe and command-line name: `attention` or `conv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Correlation::Attention => "attention",
+            Correlation::Conv => "conv",
+        }
+    }
+
+    /// Parses [`Correlation::name`]'s names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Correlation::Attention, Correlation::Conv]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
+/// What turns the decoder's final `g x g x d` map into logit maps before the bilinear
+/// upsampling to `m x m` (S4 and its Figure 4 option).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Predictor {
+    /// The release's 1x1 conv (d -> C, bias) on the g x g map.
+    #[default]
+    Conv1x1,
+    /// A deconvolution: a transposed conv d -> C with bias, kernel
+    /// [`Predictor::DECONV_KERNEL`] = 4, stride [`Predictor::DECONV_STRIDE`] = 2, padding
+    /// [`Predictor::DECONV_PADDING`] = 1 (PyTorch's `ConvTranspose2d(d, C, 4, 2, 1)`),
+    /// which doubles the map to `2g x 2g` before the upsampling. Kernel 4 with stride 2
+    /// lets neighbouring windows overlap (kernel 2 would be a 1x1 conv to 4C channels and
+    /// a pixel shuffle, no more expressive than the default); padding 1 makes the output
+    /// exactly twice the input. Weight `[d, C, 4, 4]` as PyTorch stores it.
+    Deconv,
+}
+
+impl Predictor {
+    /// Kernel side of the deconvolution predictor.
+    pub const DECONV_KERNEL: usize = 4;
+    /// Stride of the deconvolution predictor.
+    pub const DECONV_STRIDE: usize = 2;
+    /// Padding of the deconvolution predictor.
+    pub const DECONV_PADDING: usize = 1;
+
+    /// The recipe and command-line name: `conv1x1` or `deconv`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Predictor::Conv1x1 => "conv1x1",
+            Predictor::Deconv => "deconv",
+        }
+    }
+
+    /// Parses [`Predictor::name`]'s names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Predictor::Conv1x1, Predictor::Deconv]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// Kernel side of the predictor's weight (1 or [`Predictor::DECONV_KERNEL`]).
+    pub fn kernel(self) -> usize {
+        match self {
+            Predictor::Conv1x1 => 1,
+            Predictor::Deconv => Self::DECONV_KERNEL,
+        }
+    }
+
+    /// Side of the logit planes the predictor makes from a `grid x grid` map, before the
+    /// upsampling: `grid` for the 1x1 conv, `(grid - 1) 2 + 4 - 2 = 2 grid` for the
+    /// deconvolution.
+    pub fn out_side(self, grid: usize) -> usize {
+        match self {
+            Predictor::Conv1x1 => grid,
+            Predictor::Deconv => (grid.saturating_sub(1) * Self::DECONV_STRIDE
+                + Self::DECONV_KERNEL)
+                .saturating_sub(2 * Self::DECONV_PADDING),
+        }
+    }
+}
+
 /// The correlation decoder (S4).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DecoderConfig {
@@ -31,8 +131,12 @@ pub struct DecoderConfig {
     pub width: usize,
     /// Cross blocks.
     pub depth: usize,
-    /// Attention heads.
+    /// Attention heads (unused by the conv correlation, still validated).
     pub heads: usize,
+    /// How each block correlates context and exemplar (default: cross-attention).
+    pub correlation: Correlation,
+    /// The predictor before the upsampling (default: the 1x1 conv).
+    pub predictor: Predictor,
 }
 
 /// One CIM model: encoder, decoder, crop sizes and loss.
@@ -66,6 +170,15 @@ pub enum ConfigError {
         /// The divisor it must be a multiple of.
         of: usize,
     },
+    /// `what` must not exceed `limit`.
+    TooLarge {
+        /// The size that is too large.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+        /// The largest value allowed.
+        limit: usize,
+    },
 }
 
 impl core::fmt::Display for ConfigError {
@@ -75,6 +188,10 @@ impl core::fmt::Display for ConfigError {
             ConfigError::NotMultiple { what, value, of } => write!(
                 f,
                 "model configuration: {what} = {value} must be a multiple of {of}"
+            ),
+            ConfigError::TooLarge { what, value, limit } => write!(
+                f,
+                "model configuration: {what} = {value} must not exceed {limit}"
             ),
         }
     }
@@ -129,6 +246,8 @@ impl DecoderConfig {
             width: 512,
             depth: 1,
             heads: 16,
+            correlation: Correlation::Attention,
+            predictor: Predictor::Conv1x1,
         }
     }
     /// Channels per head.
@@ -168,6 +287,8 @@ impl ModelConfig {
                 width: 24,
                 depth: 1,
                 heads: 2,
+                correlation: Correlation::Attention,
+                predictor: Predictor::Conv1x1,
             },
             context_size: 32,
             exemplar_size: 16,
@@ -248,6 +369,15 @@ impl ModelConfig {
                 return Err(ConfigError::Zero(what));
             }
         }
+        // SiamFC slides the exemplar inside the search region: a kernel wider than the
+        // context map would have taps that only ever read the zero padding.
+        if d.correlation == Correlation::Conv && self.exemplar_grid() > self.context_grid() {
+            return Err(ConfigError::TooLarge {
+                what: "exemplar grid (conv correlation)",
+                value: self.exemplar_grid(),
+                limit: self.context_grid(),
+            });
+        }
         Ok(())
     }
 }
@@ -308,5 +438,42 @@ mod tests {
         let mut c = ModelConfig::micro();
         c.decoder.depth = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero("decoder depth")));
+        let mut c = ModelConfig::micro();
+        c.decoder.correlation = Correlation::Conv;
+        c.validate().unwrap();
+        c.exemplar_size = 40;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooLarge {
+                what: "exemplar grid (conv correlation)",
+                value: 5,
+                limit: 4
+            })
+        );
+    }
+
+    #[test]
+    fn decoder_options_default_to_the_paper_and_round_trip_their_names() {
+        let d = DecoderConfig::paper();
+        assert_eq!(
+            (d.correlation, d.predictor),
+            (Correlation::default(), Predictor::default())
+        );
+        assert_eq!(
+            (d.correlation, d.predictor),
+            (Correlation::Attention, Predictor::Conv1x1)
+        );
+        for c in [Correlation::Attention, Correlation::Conv] {
+            assert_eq!(Correlation::from_name(c.name()), Some(c));
+        }
+        for p in [Predictor::Conv1x1, Predictor::Deconv] {
+            assert_eq!(Predictor::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Correlation::from_name("xcorr"), None);
+        assert_eq!(Predictor::from_name("conv"), None);
+        // The deconvolution doubles the map: 10 -> 20 at the paper's context grid.
+        assert_eq!(Predictor::Deconv.out_side(10), 20);
+        assert_eq!(Predictor::Deconv.out_side(1), 2);
+        assert_eq!(Predictor::Conv1x1.out_side(10), 10);
     }
 }

@@ -7,8 +7,8 @@
 //! arguments (DESIGN.md: "shapes are checked once").
 
 use crate::backend::{
-    AdamWArgs, Attention, AttentionArgs, Elementwise, Gemm, GemmArgs, MapLossArgs, MapLossOps,
-    Memory, Norm, Optim, PatchArgs, Tokens,
+    AdamWArgs, Attention, AttentionArgs, Conv, ConvTransposeArgs, Elementwise, Gemm, GemmArgs,
+    MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Tokens, XcorrArgs,
 };
 use crate::error::ShapeError;
 
@@ -521,6 +521,133 @@ pub fn upsample_bilinear_backward<B: Tokens>(
         [in_h, in_w, out_h, out_w],
     )?;
     b.upsample_bilinear_backward(dx, dout, planes, in_h, in_w, out_h, out_w)
+}
+
+/// Element counts of a cross-correlation call: (maps, kernels), both token maps.
+fn xcorr_sizes(op: &'static str, a: &XcorrArgs) -> Result<(usize, usize), ShapeError> {
+    for (name, v) in [
+        ("channels", a.channels),
+        ("height", a.height),
+        ("width", a.width),
+        ("kernel_h", a.kernel_h),
+        ("kernel_w", a.kernel_w),
+    ] {
+        positive(op, name, v)?;
+    }
+    let map = prod(&[a.height, a.width]).saturating_add(1);
+    let kernel = prod(&[a.kernel_h, a.kernel_w]).saturating_add(1);
+    Ok((
+        prod(&[a.batch, map, a.channels]),
+        prod(&[a.batch, kernel, a.channels]),
+    ))
+}
+
+/// Checked [`Conv::depthwise_xcorr_forward`] (every size but `batch` positive).
+pub fn depthwise_xcorr_forward<B: Conv>(
+    b: &B,
+    out: B::ViewMut<'_>,
+    x: B::View<'_>,
+    t: B::View<'_>,
+    args: &XcorrArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "depthwise_xcorr_forward";
+    let (maps, kernels) = xcorr_sizes(OP, args)?;
+    expect(OP, "x", maps, len::<B>(&x))?;
+    expect(OP, "t", kernels, len::<B>(&t))?;
+    expect(OP, "out", maps, len_mut::<B>(&out))?;
+    b.depthwise_xcorr_forward(out, x, t, args)
+}
+
+/// Checked [`Conv::depthwise_xcorr_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_xcorr_backward<B: Conv>(
+    b: &B,
+    dx: B::ViewMut<'_>,
+    dt: B::ViewMut<'_>,
+    dout: B::View<'_>,
+    x: B::View<'_>,
+    t: B::View<'_>,
+    args: &XcorrArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "depthwise_xcorr_backward";
+    let (maps, kernels) = xcorr_sizes(OP, args)?;
+    expect(OP, "dout", maps, len::<B>(&dout))?;
+    expect(OP, "x", maps, len::<B>(&x))?;
+    expect(OP, "t", kernels, len::<B>(&t))?;
+    expect(OP, "dx", maps, len_mut::<B>(&dx))?;
+    expect(OP, "dt", kernels, len_mut::<B>(&dt))?;
+    b.depthwise_xcorr_backward(dx, dt, dout, x, t, args)
+}
+
+/// Element counts of a transposed-convolution call: (input token maps, weight, output
+/// planes). The output must have at least one pixel a side.
+fn conv_transpose_sizes(
+    op: &'static str,
+    a: &ConvTransposeArgs,
+) -> Result<(usize, usize, usize), ShapeError> {
+    for (name, v) in [
+        ("in_channels", a.in_channels),
+        ("out_channels", a.out_channels),
+        ("height", a.height),
+        ("width", a.width),
+        ("kernel", a.kernel),
+        ("stride", a.stride),
+    ] {
+        positive(op, name, v)?;
+    }
+    // `positive` reports a zero; an output side of zero is what too much padding gives.
+    let oh = a.out_side(a.height).unwrap_or(0);
+    let ow = a.out_side(a.width).unwrap_or(0);
+    positive(op, "output height", oh)?;
+    positive(op, "output width", ow)?;
+    let map = prod(&[a.height, a.width]).saturating_add(1);
+    Ok((
+        prod(&[a.batch, map, a.in_channels]),
+        prod(&[a.in_channels, a.out_channels, a.kernel, a.kernel]),
+        prod(&[a.batch, a.out_channels, oh, ow]),
+    ))
+}
+
+/// Checked [`Conv::conv_transpose_forward`] (every size but `batch` positive, and a
+/// padding small enough to leave an output).
+pub fn conv_transpose_forward<B: Conv>(
+    b: &B,
+    out: B::ViewMut<'_>,
+    x: B::View<'_>,
+    weight: B::View<'_>,
+    bias: B::View<'_>,
+    args: &ConvTransposeArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "conv_transpose_forward";
+    let (xn, wn, on) = conv_transpose_sizes(OP, args)?;
+    expect(OP, "x", xn, len::<B>(&x))?;
+    expect(OP, "weight", wn, len::<B>(&weight))?;
+    expect(OP, "bias", args.out_channels, len::<B>(&bias))?;
+    expect(OP, "out", on, len_mut::<B>(&out))?;
+    b.conv_transpose_forward(out, x, weight, bias, args)
+}
+
+/// Checked [`Conv::conv_transpose_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose_backward<B: Conv>(
+    b: &B,
+    dx: B::ViewMut<'_>,
+    dweight: B::ViewMut<'_>,
+    dbias: B::ViewMut<'_>,
+    dout: B::View<'_>,
+    x: B::View<'_>,
+    weight: B::View<'_>,
+    args: &ConvTransposeArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "conv_transpose_backward";
+    let (xn, wn, on) = conv_transpose_sizes(OP, args)?;
+    expect(OP, "dout", on, len::<B>(&dout))?;
+    expect(OP, "x", xn, len::<B>(&x))?;
+    expect(OP, "weight", wn, len::<B>(&weight))?;
+    expect(OP, "dx", xn, len_mut::<B>(&dx))?;
+    expect(OP, "dweight", wn, len_mut::<B>(&dweight))?;
+    expect(OP, "dbias", args.out_channels, len_mut::<B>(&dbias))?;
+    b.conv_transpose_backward(dx, dweight, dbias, dout, x, weight, args)
 }
 
 fn map_loss_check(

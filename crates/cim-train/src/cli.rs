@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
-use cim_spec::config::ModelConfig;
+use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -45,6 +45,12 @@ pub enum Command {
         /// Model configuration: micro, vit-tiny, vit-small, vit-base, vit-large, vit-huge.
         #[arg(long, default_value = "micro")]
         model: String,
+        /// Decoder correlation (S4, Figure 4): attention or conv.
+        #[arg(long, default_value = "attention")]
+        correlation: String,
+        /// Decoder predictor (S4, Figure 4): conv1x1 or deconv.
+        #[arg(long, default_value = "conv1x1")]
+        predictor: String,
         /// Seed of the initialisation and the synthetic batch.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -212,17 +218,30 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
     match cli.command {
         Command::StepDump {
             model,
+            correlation,
+            predictor,
             seed,
             batch,
             lr,
             momentum,
             out,
         } => {
-            let Some(config) = ModelConfig::preset(&model) else {
+            let Some(mut config) = ModelConfig::preset(&model) else {
                 bail!(
                     "unknown model {model:?}: expected micro, vit-tiny, vit-small, vit-base, vit-large or vit-huge"
                 );
             };
+            let Some(correlation) = Correlation::from_name(&correlation) else {
+                bail!("unknown --correlation {correlation:?}: expected attention or conv");
+            };
+            let Some(predictor) = Predictor::from_name(&predictor) else {
+                bail!("unknown --predictor {predictor:?}: expected conv1x1 or deconv");
+            };
+            config.decoder.correlation = correlation;
+            config.decoder.predictor = predictor;
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }

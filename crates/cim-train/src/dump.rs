@@ -151,6 +151,7 @@ pub fn step_dump<B: Backend>(b: &B, opts: &DumpOptions, out: &Path) -> Result<()
             "mlp_ratio": e.mlp_ratio, "pos_embed_size": e.pos_embed_size,
             "frozen_patch_embed": e.frozen_patch_embed,
             "decoder_width": d.width, "decoder_depth": d.depth, "decoder_heads": d.heads,
+            "correlation": d.correlation.name(), "predictor": d.predictor.name(),
             "context_size": m, "exemplar_size": n, "exemplars": k,
             "loss": loss_name(c.loss),
         },

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use cim_spec::config::ModelConfig;
+use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::geometry::ExemplarParams;
 use cim_spec::loss::MapLoss;
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,12 @@ pub struct ModelSection {
     /// Keep the patch embedding frozen (S3 `stop_grad_conv`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_patch_embed: Option<bool>,
+    /// Decoder correlation (S4, Figure 4): `attention` (default) or `conv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<String>,
+    /// Decoder predictor (S4, Figure 4): `conv1x1` (default) or `deconv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor: Option<String>,
 }
 
 /// `[data]`: the dataset and the S2 pair geometry.
@@ -211,6 +217,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "model.decoder_heads",
     "model.decoder_depth",
     "model.frozen_patch_embed",
+    "model.correlation",
+    "model.predictor",
 ];
 
 impl Recipe {
@@ -309,6 +317,18 @@ impl Recipe {
         }
         if let Some(v) = m.frozen_patch_embed {
             c.encoder.frozen_patch_embed = v;
+        }
+        if let Some(name) = &m.correlation {
+            let Some(v) = Correlation::from_name(name) else {
+                bail!("model.correlation = {name:?}: expected attention or conv");
+            };
+            c.decoder.correlation = v;
+        }
+        if let Some(name) = &m.predictor {
+            let Some(v) = Predictor::from_name(name) else {
+                bail!("model.predictor = {name:?}: expected conv1x1 or deconv");
+            };
+            c.decoder.predictor = v;
         }
         c.context_size = self.data.context_size;
         c.exemplar_size = self.data.exemplar_size;
@@ -453,6 +473,39 @@ mod tests {
         assert!(e.contains("key=value"), "{e}");
         let e = Recipe::load("no-such-recipe", &[]).unwrap_err().to_string();
         assert!(e.contains("neither a built-in recipe"), "{e}");
+    }
+
+    #[test]
+    fn decoder_options_are_optional_keys() {
+        let r = Recipe::load("micro", &[]).unwrap();
+        let c = r.model_config().unwrap();
+        assert_eq!(
+            (c.decoder.correlation, c.decoder.predictor),
+            (Correlation::Attention, Predictor::Conv1x1)
+        );
+        // Absent keys stay out of the resolved recipe, so existing hashes do not move.
+        assert!(!r.to_toml().contains("correlation"));
+        let r = Recipe::load(
+            "micro",
+            &[
+                "model.correlation=conv".into(),
+                "model.predictor=deconv".into(),
+            ],
+        )
+        .unwrap();
+        let c = r.model_config().unwrap();
+        assert_eq!(
+            (c.decoder.correlation, c.decoder.predictor),
+            (Correlation::Conv, Predictor::Deconv)
+        );
+        assert!(r.to_toml().contains("correlation = \"conv\""));
+        for bad in ["model.correlation=xcorr", "model.predictor=conv"] {
+            let e = Recipe::load("micro", &[bad.into()])
+                .unwrap_err()
+                .to_string();
+            let key = bad.split('=').next().unwrap();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn step_dump_writes_every_tensor() {
         serde_json::from_str(&std::fs::read_to_string(out.join("step.json")).unwrap()).unwrap();
     assert_eq!(step["step"], 1);
     assert_eq!(step["config"]["dim"], 32);
+    assert_eq!(step["config"]["correlation"], "attention");
+    assert_eq!(step["config"]["predictor"], "conv1x1");
     let masks = inputs.get("masks").unwrap().1;
     assert!(masks.iter().all(|&v| v == 0.0 || v == 1.0) && masks.contains(&1.0));
 }
@@ -83,4 +85,52 @@ fn bad_arguments_are_named() {
     .unwrap_err();
     assert!(err.to_string().contains("--batch"), "{err}");
     assert!(Cli::try_parse_from(["cim", "step-dump", "--seed", "x", "--out", &out]).is_err());
+    for (flag, value) in [("--correlation", "xcorr"), ("--predictor", "conv")] {
+        let err = run(
+            &Reference::new(),
+            Cli::parse_from(["cim", "step-dump", flag, value, "--out", &out]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(flag), "{err}");
+    }
+}
+
+#[test]
+fn step_dump_records_the_decoder_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dump");
+    let cli = Cli::parse_from([
+        "cim",
+        "step-dump",
+        "--correlation",
+        "conv",
+        "--predictor",
+        "deconv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    run(&Reference::new(), cli).unwrap();
+    let params = TensorSet::read(&out.join("params.safetensors")).unwrap();
+    let outputs = TensorSet::read(&out.join("outputs.safetensors")).unwrap();
+    // micro: decoder width 24, two logit maps, the deconvolution's 4 x 4 kernel.
+    assert_eq!(
+        params.get("decoder_pred_mask.0.weight").unwrap().0,
+        &[24, 2, 4, 4]
+    );
+    assert!(
+        params
+            .get("decoder_corr_block.block.corr.proj.weight")
+            .is_some()
+    );
+    assert!(
+        params
+            .get("decoder_corr_block.block.attn.q.weight")
+            .is_none()
+    );
+    assert!(outputs.get("grad.decoder_pred_mask.0.weight").is_some());
+    assert_eq!(outputs.get("logits").unwrap().0, &[2, 2, 2, 32, 32]);
+    let step: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("step.json")).unwrap()).unwrap();
+    assert_eq!(step["config"]["correlation"], "conv");
+    assert_eq!(step["config"]["predictor"], "deconv");
 }

@@ -8,7 +8,9 @@
 //! Covered: matmul (GEMM with transposes and alpha), the last-axis softmax, attention
 //! composed from matmul and softmax, LayerNorm (candle-nn's fused op and its two-pass
 //! `layer_norm_slow`), exact GELU (`gelu_erf`), the patch embedding as a strided conv2d
-//! against patchify + GEMM + bias, and align-corners bilinear upsampling.
+//! against patchify + GEMM + bias, align-corners bilinear upsampling, and the decoder
+//! options' depthwise cross-correlation (a grouped conv2d on explicitly padded maps) and
+//! transposed convolution (`conv_transpose2d`).
 //! Not covered, because candle has no counterpart: the backward ops, the map losses,
 //! AdamW, EMA and clipping; the GEMM's strides and accumulation (candle's matmul has
 //! neither).
@@ -19,9 +21,10 @@ use cim_spec::backend::{AttentionArgs, GemmArgs, PatchArgs, Precision};
 use cim_spec::tolerance::Op;
 
 use crate::cases::{
-    AttentionCase, GemmCase, LayerNormCase, Layout, PatchifyCase, UpsampleCase, VectorCase,
+    AttentionCase, ConvTransposeCase, GemmCase, LayerNormCase, Layout, PatchifyCase, UpsampleCase,
+    VectorCase, XcorrCase,
 };
-use crate::checks::{elementwise, gemm, norm};
+use crate::checks::{conv, elementwise, gemm, norm};
 use crate::harness::{Found, Gen, check_output};
 use crate::mismatch::{Mismatch, Problem};
 
@@ -293,5 +296,74 @@ pub fn upsample(case: &UpsampleCase) -> Result<(), Mismatch> {
     })?;
     let mut want = vec![0.0; n * oh * ow];
     reference::tokens::upsample_bilinear_forward(&mut want, &wide(&x), n, ih, iw, oh, ow);
+    compare(op, case, "out", &got, &want)
+}
+
+/// The patch tokens of token maps `[N, 1 + H W, C]` as NCHW `[N, C, H, W]`.
+fn token_maps(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> candle_core::Result<Tensor> {
+    tensor(x, &[n, 1 + h * w, c])?
+        .narrow(1, 1, h * w)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, c, h, w))
+}
+
+/// The depthwise cross-correlation with candle's grouped `conv2d`, map by map: the map
+/// padded with PyTorch's 'same' split (`(k - 1) / 2` zeros before, the rest after), the
+/// kernels `[C, 1, kh, kw]`, `groups = C`, times the scale; against
+/// `reference::conv::depthwise_xcorr_forward` (f32 correlation tolerance), on the suite's
+/// inputs. Needs `batch >= 1`.
+pub fn depthwise_xcorr(case: &XcorrCase) -> Result<(), Mismatch> {
+    let a = case.args;
+    let (c, h, w, kh, kw) = (a.channels, a.height, a.width, a.kernel_h, a.kernel_w);
+    let (setup, _) = conv::xcorr_forward_setup(case);
+    let (x, t) = (&setup.slots[1].init, &setup.slots[2].init);
+    let op = Op::DepthwiseXcorrForward;
+    let got = candle(op, case, || {
+        let maps = token_maps(x, a.batch, c, h, w)?
+            .pad_with_zeros(2, a.pad_h(), kh - 1 - a.pad_h())?
+            .pad_with_zeros(3, a.pad_w(), kw - 1 - a.pad_w())?;
+        let kernels = token_maps(t, a.batch, c, kh, kw)?;
+        let mut out = Vec::with_capacity(a.batch * (1 + h * w) * c);
+        for n in 0..a.batch {
+            let k = kernels.get(n)?.unsqueeze(1)?.contiguous()?; // [C, 1, kh, kw]
+            let y = maps
+                .get(n)?
+                .unsqueeze(0)?
+                .contiguous()?
+                .conv2d(&k, 0, 1, 1, c)?;
+            let y = y.affine(f64::from(a.scale), 0.0)?; // [1, C, H, W]
+            out.extend(std::iter::repeat_n(0.0f32, c));
+            out.extend(values(&y.flatten_from(2)?.transpose(1, 2)?.contiguous()?)?);
+        }
+        Ok(out)
+    })?;
+    let mut want = vec![0.0; got.len()];
+    reference::conv::depthwise_xcorr_forward(&mut want, &wide(x), &wide(t), &a);
+    compare(op, case, "out", &got, &want)
+}
+
+/// The transposed convolution with candle's `conv_transpose2d` (weight `[C_in, C_out, k,
+/// k]`, PyTorch's layout) plus the bias, against `reference::conv::conv_transpose_forward`
+/// (f32 transposed-convolution tolerance), on the suite's inputs. Needs `batch >= 1`.
+pub fn conv_transpose(case: &ConvTransposeCase) -> Result<(), Mismatch> {
+    let a = case.args;
+    let (setup, _) = conv::deconv_forward_setup(case);
+    let (x, weight, bias) = (
+        &setup.slots[1].init,
+        &setup.slots[2].init,
+        &setup.slots[3].init,
+    );
+    let op = Op::ConvTransposeForward;
+    let got = candle(op, case, || {
+        let tx = token_maps(x, a.batch, a.in_channels, a.height, a.width)?;
+        let k = a.kernel;
+        let tw = tensor(weight, &[a.in_channels, a.out_channels, k, k])?;
+        let y = tx.conv_transpose2d(&tw, a.padding, 0, a.stride, 1)?;
+        let y = y.broadcast_add(&tensor(bias, &[1, a.out_channels, 1, 1])?)?;
+        values(&y)
+    })?;
+    let mut want = vec![0.0; got.len()];
+    reference::conv::conv_transpose_forward(&mut want, &wide(x), &wide(weight), &wide(bias), &a);
     compare(op, case, "out", &got, &want)
 }

@@ -6,7 +6,9 @@
 //! strategies in [`crate::strategies`] produce them; a third party may also write cases
 //! directly. `scale`-like fields set the magnitude of the generated values.
 
-use cim_spec::backend::{AttentionArgs, GemmArgs, MapLossArgs, PatchArgs};
+use cim_spec::backend::{
+    AttentionArgs, ConvTransposeArgs, GemmArgs, MapLossArgs, PatchArgs, XcorrArgs,
+};
 use cim_spec::loss::MapLoss;
 
 /// Where consecutive matrices of a batched GEMM operand start.
@@ -238,6 +240,37 @@ pub struct UpsampleCase {
     pub out_w: usize,
     /// Magnitude of the values.
     pub scale: f32,
+}
+
+/// Depthwise cross-correlation of token maps (the S4 "conv" correlation), both
+/// directions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct XcorrCase {
+    /// Seed of the inputs.
+    pub seed: u64,
+    /// Sizes and the scale of the sums.
+    pub args: XcorrArgs,
+    /// Magnitude of the maps x.
+    pub x_scale: f32,
+    /// Magnitude of the kernels t.
+    pub t_scale: f32,
+    /// Magnitude of the output gradient (backward).
+    pub grad_scale: f32,
+}
+
+/// Transposed convolution (the S4 deconvolution predictor), both directions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvTransposeCase {
+    /// Seed of the inputs.
+    pub seed: u64,
+    /// Sizes (the output has at least one pixel a side).
+    pub args: ConvTransposeArgs,
+    /// Magnitude of the input token maps.
+    pub x_scale: f32,
+    /// Magnitude of the weight and bias.
+    pub w_scale: f32,
+    /// Magnitude of the output gradient (backward).
+    pub grad_scale: f32,
 }
 
 /// A map loss (S5) over `[maps, C, pixels]` logits.

@@ -90,6 +90,14 @@ macro_rules! __conformance_properties {
                 $crate::checks::upsample_forward_case;
             upsample_backward => $crate::strategies::upsample_cases(),
                 $crate::checks::upsample_backward_case;
+            depthwise_xcorr_forward => $crate::strategies::xcorr_cases(),
+                $crate::checks::depthwise_xcorr_forward_case;
+            depthwise_xcorr_backward => $crate::strategies::xcorr_cases(),
+                $crate::checks::depthwise_xcorr_backward_case;
+            conv_transpose_forward => $crate::strategies::conv_transpose_cases(),
+                $crate::checks::conv_transpose_forward_case;
+            conv_transpose_backward => $crate::strategies::conv_transpose_cases(),
+                $crate::checks::conv_transpose_backward_case;
             map_loss_forward_softmax_ce => $crate::strategies::map_loss_cases(
                 $crate::__cim_spec::loss::MapLoss::SoftmaxCrossEntropy),
                 $crate::checks::map_loss_forward_case;

@@ -8,15 +8,15 @@
 //! build. Where the tolerance table assumes a range (LayerNorm row means within ~100
 //! standard deviations, attention scores of moderate size) the strategies stay inside it.
 
-use cim_spec::backend::{AttentionArgs, PatchArgs};
+use cim_spec::backend::{AttentionArgs, ConvTransposeArgs, PatchArgs, XcorrArgs};
 use cim_spec::loss::MapLoss;
 use proptest::prelude::*;
 use proptest::sample::select;
 
 use crate::cases::{
-    AdamWCase, AttentionCase, BroadcastCase, ClipCase, EmaCase, GemmCase, LayerNormCase, Layout,
-    MapLossCase, MeanPoolCase, PatchifyCase, PrependClsCase, RepeatCase, ScaleCase, UpsampleCase,
-    VectorCase,
+    AdamWCase, AttentionCase, BroadcastCase, ClipCase, ConvTransposeCase, EmaCase, GemmCase,
+    LayerNormCase, Layout, MapLossCase, MeanPoolCase, PatchifyCase, PrependClsCase, RepeatCase,
+    ScaleCase, UpsampleCase, VectorCase, XcorrCase,
 };
 
 /// A size in `1..=max`, with 1, 3, 7, 17 and 33 (those not above `max`) drawn often.
@@ -319,6 +319,96 @@ pub fn upsample_cases() -> impl Strategy<Value = UpsampleCase> {
                 out_h,
                 out_w,
                 scale,
+            },
+        )
+}
+
+/// Depthwise cross-correlations: batch 0 to 2, 1 to 17 channels, maps of 1 to 6 a side,
+/// kernels of 1 to 5 a side (odd and even, so both 'same' padding splits, and kernels
+/// larger than the map), scale 1, 1/2, 1/3 or 1/4 (the decoder's `1 / n'`).
+pub fn xcorr_cases() -> impl Strategy<Value = XcorrCase> {
+    let shape = (
+        prop_oneof![1 => Just(0usize), 5 => Just(1), 2 => Just(2)],
+        size(17),
+        1usize..=6,
+        1usize..=6,
+        1usize..=5,
+        1usize..=5,
+    );
+    (
+        any::<u64>(),
+        shape,
+        select(vec![1.0f32, 0.5, 1.0 / 3.0, 0.25]),
+        value_scale(),
+        value_scale(),
+        value_scale(),
+    )
+        .prop_map(
+            |(seed, (batch, channels, height, width, kernel_h, kernel_w), scale, x, t, g)| {
+                XcorrCase {
+                    seed,
+                    args: XcorrArgs {
+                        batch,
+                        channels,
+                        height,
+                        width,
+                        kernel_h,
+                        kernel_w,
+                        scale,
+                    },
+                    x_scale: x,
+                    t_scale: t,
+                    grad_scale: g,
+                }
+            },
+        )
+}
+
+/// Transposed convolutions: batch 0 to 2, 1 to 17 input and 1 to 3 output channels, maps
+/// of 1 to 5 a side; the predictor's kernel 4 / stride 2 / padding 1 often, otherwise
+/// kernel 1 to 5, stride 1 to 3 and padding 0 to 2, the padding lowered where it would
+/// leave no output.
+pub fn conv_transpose_cases() -> impl Strategy<Value = ConvTransposeCase> {
+    let geometry = prop_oneof![
+        1 => Just((4usize, 2usize, 1usize)),
+        2 => (1usize..=5, 1usize..=3, 0usize..=2),
+    ];
+    let shape = (
+        prop_oneof![1 => Just(0usize), 5 => Just(1), 2 => Just(2)],
+        size(17),
+        1usize..=3,
+        1usize..=5,
+        1usize..=5,
+        geometry,
+    );
+    (
+        any::<u64>(),
+        shape,
+        value_scale(),
+        value_scale(),
+        value_scale(),
+    )
+        .prop_map(
+            |(seed, (batch, cin, cout, height, width, (kernel, stride, padding)), x, w, g)| {
+                // The output side (side - 1) s + k - 2 p must stay positive on both axes.
+                let side = height.min(width);
+                let padding = padding.min(((side - 1) * stride + kernel - 1) / 2);
+                ConvTransposeCase {
+                    seed,
+                    args: ConvTransposeArgs {
+                        batch,
+                        in_channels: cin,
+                        out_channels: cout,
+                        height,
+                        width,
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    x_scale: x,
+                    w_scale: w,
+                    grad_scale: g,
+                }
             },
         )
 }

@@ -2,7 +2,10 @@
 #![cfg(feature = "candle")]
 
 use conformance::candle_check::{self, LayerNormImpl, SoftmaxCase};
-use conformance::cases::{AttentionCase, GemmCase, LayerNormCase, PatchifyCase, UpsampleCase};
+use conformance::cases::{
+    AttentionCase, ConvTransposeCase, GemmCase, LayerNormCase, PatchifyCase, UpsampleCase,
+    XcorrCase,
+};
 use conformance::proptest::prelude::*;
 use conformance::strategies;
 
@@ -72,5 +75,19 @@ proptest! {
     fn upsample(case in strategies::upsample_cases()) {
         let case = UpsampleCase { planes: at_least_one(case.planes), ..case };
         check(candle_check::upsample(&case))?;
+    }
+
+    #[test]
+    fn depthwise_xcorr(case in strategies::xcorr_cases()) {
+        let mut args = case.args;
+        args.batch = at_least_one(args.batch);
+        check(candle_check::depthwise_xcorr(&XcorrCase { args, ..case }))?;
+    }
+
+    #[test]
+    fn conv_transpose(case in strategies::conv_transpose_cases()) {
+        let mut args = case.args;
+        args.batch = at_least_one(args.batch);
+        check(candle_check::conv_transpose(&ConvTransposeCase { args, ..case }))?;
     }
 }

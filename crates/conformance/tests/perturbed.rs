@@ -11,12 +11,15 @@ use std::ops::Range;
 
 use cim_reference::Reference;
 use cim_spec::backend::{
-    AdamWArgs, Attention, AttentionArgs, Backend, Elementwise, Gemm, GemmArgs, MapLossArgs,
-    MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
+    AdamWArgs, Attention, AttentionArgs, Backend, Conv, ConvTransposeArgs, Elementwise, Gemm,
+    GemmArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
+    XcorrArgs,
 };
 use cim_spec::error::HostError;
 use cim_spec::loss::{self, MapLoss};
-use conformance::cases::{AttentionCase, BroadcastCase, GemmCase, LayerNormCase, Layout};
+use conformance::cases::{
+    AttentionCase, BroadcastCase, ConvTransposeCase, GemmCase, LayerNormCase, Layout, XcorrCase,
+};
 use conformance::{Problem, RunConfig, properties};
 
 /// The one thing a [`Perturbed`] backend gets wrong.
@@ -43,6 +46,11 @@ enum Fault {
     GeluTanh,
     /// GELU forward accumulates into `out` instead of writing it.
     GeluAccumulates,
+    /// The depthwise correlation pads an even kernel's extra row and column above and left
+    /// (`kh / 2`) instead of below and right (`(kh - 1) / 2`, PyTorch's `'same'`).
+    XcorrPadsAboveLeft,
+    /// `conv_transpose_backward` writes `dweight` instead of accumulating into it.
+    ConvTransposeDweightWrites,
     /// The map-loss gradient ignores `args.scale`.
     MapLossBackwardIgnoresScale,
     /// AdamW skips the second moment's bias correction.
@@ -302,6 +310,34 @@ fn map_loss_f32(
     }
     if let Some(loss) = loss {
         loss[0] = f64::from((f64::from(a.scale) * total) as f32);
+    }
+}
+
+/// The depthwise correlation forward with `kh / 2` and `kw / 2` leading padding rows and
+/// columns (the other split of an even kernel's padding).
+fn xcorr_pads_above_left(out: &mut [f64], x: &[f64], t: &[f64], a: &XcorrArgs) {
+    let (h, w, c, kh, kw) = (a.height, a.width, a.channels, a.kernel_h, a.kernel_w);
+    let (map, kernel) = (1 + h * w, 1 + kh * kw);
+    for n in 0..a.batch {
+        out[n * map * c..(n * map + 1) * c].fill(0.0);
+        for i in 0..h {
+            for j in 0..w {
+                for ch in 0..c {
+                    let mut sum = 0.0;
+                    for u in 0..kh {
+                        for v in 0..kw {
+                            let y = (i + u).checked_sub(kh / 2).filter(|&y| y < h);
+                            let x_ = (j + v).checked_sub(kw / 2).filter(|&x_| x_ < w);
+                            if let (Some(y), Some(x_)) = (y, x_) {
+                                sum += x[(n * map + 1 + y * w + x_) * c + ch]
+                                    * t[(n * kernel + 1 + u * kw + v) * c + ch];
+                            }
+                        }
+                    }
+                    out[(n * map + 1 + i * w + j) * c + ch] = f64::from(a.scale) * sum;
+                }
+            }
+        }
     }
 }
 
@@ -694,6 +730,61 @@ impl Tokens for Perturbed {
     }
 }
 
+impl Conv for Perturbed {
+    fn depthwise_xcorr_forward(
+        &self,
+        out: &mut [f64],
+        x: &[f64],
+        t: &[f64],
+        args: &XcorrArgs,
+    ) -> Result<(), HostError> {
+        if self.fault == Fault::XcorrPadsAboveLeft {
+            xcorr_pads_above_left(out, x, t, args);
+            return Ok(());
+        }
+        self.inner.depthwise_xcorr_forward(out, x, t, args)
+    }
+    fn depthwise_xcorr_backward(
+        &self,
+        dx: &mut [f64],
+        dt: &mut [f64],
+        dout: &[f64],
+        x: &[f64],
+        t: &[f64],
+        args: &XcorrArgs,
+    ) -> Result<(), HostError> {
+        self.inner
+            .depthwise_xcorr_backward(dx, dt, dout, x, t, args)
+    }
+    fn conv_transpose_forward(
+        &self,
+        out: &mut [f64],
+        x: &[f64],
+        weight: &[f64],
+        bias: &[f64],
+        args: &ConvTransposeArgs,
+    ) -> Result<(), HostError> {
+        self.inner
+            .conv_transpose_forward(out, x, weight, bias, args)
+    }
+    fn conv_transpose_backward(
+        &self,
+        dx: &mut [f64],
+        dweight: &mut [f64],
+        dbias: &mut [f64],
+        dout: &[f64],
+        x: &[f64],
+        weight: &[f64],
+        args: &ConvTransposeArgs,
+    ) -> Result<(), HostError> {
+        if self.fault == Fault::ConvTransposeDweightWrites {
+            dweight.fill(0.0);
+        }
+        self.inner
+            .conv_transpose_backward(dx, dweight, dbias, dout, x, weight, args)
+    }
+}
+
 impl MapLossOps for Perturbed {
     fn map_loss_forward(
         &self,
@@ -919,6 +1010,67 @@ fn writing_instead_of_accumulating_is_caught() {
         conformance::layernorm_backward_case(&Perturbed::new(Fault::LayerNormDgammaWrites), &case)
             .expect_err("dgamma must accumulate");
     assert_eq!(err.tensor, "dgamma");
+}
+
+#[test]
+fn the_other_same_padding_split_is_caught() {
+    // Odd kernels pad alike either way; the strategy draws even ones often enough.
+    assert_fails_exactly(Fault::XcorrPadsAboveLeft, &["depthwise_xcorr_forward"]);
+    let case = XcorrCase {
+        seed: 6,
+        args: XcorrArgs {
+            batch: 1,
+            channels: 3,
+            height: 4,
+            width: 4,
+            kernel_h: 2,
+            kernel_w: 2,
+            scale: 0.5,
+        },
+        x_scale: 1.0,
+        t_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let backend = Perturbed::new(Fault::XcorrPadsAboveLeft);
+    let err = conformance::depthwise_xcorr_forward_case(&backend, &case).expect_err("padding");
+    assert_eq!(err.tensor, "out");
+    // With an odd kernel the two splits agree, and so must the check.
+    let odd = XcorrCase {
+        args: XcorrArgs {
+            kernel_h: 3,
+            kernel_w: 3,
+            ..case.args
+        },
+        ..case
+    };
+    conformance::depthwise_xcorr_forward_case(&backend, &odd).expect("odd kernels agree");
+}
+
+#[test]
+fn a_written_weight_gradient_of_the_deconvolution_is_caught() {
+    assert_fails_exactly(
+        Fault::ConvTransposeDweightWrites,
+        &["conv_transpose_backward"],
+    );
+    let case = ConvTransposeCase {
+        seed: 7,
+        args: ConvTransposeArgs {
+            batch: 2,
+            in_channels: 5,
+            out_channels: 2,
+            height: 3,
+            width: 3,
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+        },
+        x_scale: 1.0,
+        w_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let backend = Perturbed::new(Fault::ConvTransposeDweightWrites);
+    let err = conformance::conv_transpose_backward_case(&backend, &case).expect_err("dweight");
+    assert_eq!(err.tensor, "dweight");
 }
 
 #[test]

@@ -3,20 +3,21 @@
 //! (the contract's "no atomics whose order varies"). Reductions are favoured, since an
 //! order that varies between runs shows there first.
 
-use cim_spec::backend::{AttentionArgs, Backend};
+use cim_spec::backend::{AttentionArgs, Backend, ConvTransposeArgs, XcorrArgs};
 use cim_spec::loss::MapLoss;
 
 use crate::cases::{
-    AdamWCase, AttentionCase, BroadcastCase, GemmCase, LayerNormCase, Layout, MapLossCase,
-    MeanPoolCase, PrependClsCase, RepeatCase, UpsampleCase, VectorCase,
+    AdamWCase, AttentionCase, BroadcastCase, ConvTransposeCase, GemmCase, LayerNormCase, Layout,
+    MapLossCase, MeanPoolCase, PrependClsCase, RepeatCase, UpsampleCase, VectorCase, XcorrCase,
 };
-use crate::checks::{attention, elementwise, gemm, loss, norm, optim, tokens};
+use crate::checks::{attention, conv, elementwise, gemm, loss, norm, optim, tokens};
 use crate::mismatch::Mismatch;
 
 /// Runs each op below twice on `backend` from identical buffers and fails on the first
 /// output bit that differs: GEMM (batched, accumulating), LayerNorm both directions,
 /// self- and cross-attention both directions, the broadcast and repeat reductions, the
-/// class-token gradient, mean pooling, upsampling backward, two map losses both
+/// class-token gradient, mean pooling, upsampling backward, the decoder options'
+/// correlation and transposed convolution both directions, two map losses both
 /// directions, the sum of squares and AdamW.
 pub fn determinism<B: Backend>(backend: &B) -> Result<(), Mismatch> {
     let gemm_case = GemmCase {
@@ -123,6 +124,49 @@ pub fn determinism<B: Backend>(backend: &B) -> Result<(), Mismatch> {
         scale: 1.0,
     };
     let (setup, program) = tokens::upsample_backward_setup(&upsample);
+    setup.same_bits(backend, &program)?;
+
+    // The decoder options at about the paper's per-map sizes (10 x 10 context grid, 4 x 4
+    // exemplar grid, the predictor's kernel 4 / stride 2 / padding 1), over enough maps
+    // to be split into tasks.
+    let xcorr = XcorrCase {
+        seed: 12,
+        args: XcorrArgs {
+            batch: 12,
+            channels: 64,
+            height: 10,
+            width: 10,
+            kernel_h: 4,
+            kernel_w: 4,
+            scale: 0.25,
+        },
+        x_scale: 1.0,
+        t_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let (setup, program) = conv::xcorr_forward_setup(&xcorr);
+    setup.same_bits(backend, &program)?;
+    let (setup, program) = conv::xcorr_backward_setup(&xcorr);
+    setup.same_bits(backend, &program)?;
+    let deconv = ConvTransposeCase {
+        seed: 13,
+        args: ConvTransposeArgs {
+            batch: 40,
+            in_channels: 64,
+            out_channels: 2,
+            height: 10,
+            width: 10,
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+        },
+        x_scale: 1.0,
+        w_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let (setup, program) = conv::deconv_forward_setup(&deconv);
+    setup.same_bits(backend, &program)?;
+    let (setup, program) = conv::deconv_backward_setup(&deconv);
     setup.same_bits(backend, &program)?;
 
     for kind in [

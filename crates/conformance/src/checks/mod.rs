@@ -8,6 +8,7 @@
 //! accumulated or in-place outputs start nonzero (see `harness`).
 
 mod attention;
+pub(crate) mod conv;
 mod determinism;
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
@@ -20,6 +21,10 @@ mod tokens;
 pub use attention::{
     cross_attention_backward_case, cross_attention_forward_case, self_attention_backward_case,
     self_attention_forward_case,
+};
+pub use conv::{
+    conv_transpose_backward_case, conv_transpose_forward_case, depthwise_xcorr_backward_case,
+    depthwise_xcorr_forward_case,
 };
 pub use determinism::determinism;
 pub use elementwise::{

@@ -4,18 +4,24 @@
 //! dependent elements independently of the reference, so a reference that lost a NaN
 //! would be caught too.
 
-use cim_spec::backend::{AttentionArgs, Backend};
+use cim_spec::backend::{AttentionArgs, Backend, ConvTransposeArgs, XcorrArgs};
 use cim_spec::loss::MapLoss;
 
-use crate::cases::{AttentionCase, GemmCase, LayerNormCase, Layout, MapLossCase, VectorCase};
-use crate::checks::{attention, gemm, loss, norm, optim};
+use crate::cases::{
+    AttentionCase, ConvTransposeCase, GemmCase, LayerNormCase, Layout, MapLossCase, VectorCase,
+    XcorrCase,
+};
+use crate::checks::{attention, conv, gemm, loss, norm, optim};
 use crate::mismatch::Mismatch;
 
 /// Runs the poisoned cases on `backend`: GEMM (a NaN in A fills its row of C, one in B its
 /// column), LayerNorm forward (the row's outputs, mean and rstd) and backward (a NaN in
 /// `dout` reaches its row of `dx` and its column of `dgamma` and `dbeta`), self-attention
 /// (a NaN key poisons its head's outputs and probabilities in its sequence),
-/// cross-attention (a NaN value poisons its channel of every query), every map loss (the
+/// cross-attention (a NaN value poisons its channel of every query), the depthwise
+/// correlation (a NaN map pixel poisons its channel of every output whose window covers
+/// it), the transposed convolution (a NaN input pixel poisons every output plane's
+/// pixels its kernel reaches), every map loss (the
 /// loss, and the gradient of the poisoned pixel), and the sum of squares (NaN stays NaN,
 /// an infinity makes it non-finite).
 pub fn nan_propagation<B: Backend>(backend: &B) -> Result<(), Mismatch> {
@@ -109,6 +115,54 @@ pub fn nan_propagation<B: Backend>(backend: &B) -> Result<(), Mismatch> {
     setup.poison("kv", 3 * 8 + 4 + 1, nan);
     let out = setup.compare_outputs(backend, &program)?;
     setup.expect_non_finite(name, &out, "out", (0..4).map(|i| i * 4 + 1))?;
+
+    // Depthwise correlation, one 3 x 3 map of 2 channels, a 3 x 3 kernel (one padding
+    // row and column each side): every output's window covers the centre pixel, so a NaN
+    // in its channel 1 reaches channel 1 of all nine outputs.
+    let xcorr_case = XcorrCase {
+        seed: 27,
+        args: XcorrArgs {
+            batch: 1,
+            channels: 2,
+            height: 3,
+            width: 3,
+            kernel_h: 3,
+            kernel_w: 3,
+            scale: 1.0,
+        },
+        x_scale: 1.0,
+        t_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let (mut setup, program) = conv::xcorr_forward_setup(&xcorr_case);
+    setup.poison("x", (1 + 4) * 2 + 1, nan);
+    let out = setup.compare_outputs(backend, &program)?;
+    setup.expect_non_finite(name, &out, "out", (1..10).map(|p| p * 2 + 1))?;
+
+    // Transposed convolution of a 2 x 2 map, kernel 4, stride 2, padding 1 (4 x 4 out):
+    // input pixel (0, 0) reaches output rows and columns 0..3 of both output planes.
+    let deconv_case = ConvTransposeCase {
+        seed: 28,
+        args: ConvTransposeArgs {
+            batch: 1,
+            in_channels: 3,
+            out_channels: 2,
+            height: 2,
+            width: 2,
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+        },
+        x_scale: 1.0,
+        w_scale: 1.0,
+        grad_scale: 1.0,
+    };
+    let (mut setup, program) = conv::deconv_forward_setup(&deconv_case);
+    setup.poison("x", 3 + 2, nan);
+    let out = setup.compare_outputs(backend, &program)?;
+    let reached =
+        (0..2).flat_map(|o| (0..3).flat_map(move |y| (0..3).map(move |x| o * 16 + y * 4 + x)));
+    setup.expect_non_finite(name, &out, "out", reached)?;
 
     // Every map loss: 2 maps of 9 pixels, NaN in channel 0 of pixel 4 of map 1.
     for kind in [
