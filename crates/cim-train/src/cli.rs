@@ -344,14 +344,18 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
                 &figure,
             )?;
             println!(
-                "{} after {} steps: loss {:.4}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3})",
+                "{} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3})",
                 if summary.interrupted {
                     "stopped"
                 } else {
                     "finished"
                 },
                 summary.steps,
-                summary.last_loss,
+                if summary.last_loss.is_finite() {
+                    format!("{:.4}", summary.last_loss)
+                } else {
+                    "- (no step taken)".to_string()
+                },
                 summary.skipped,
                 summary
                     .checkpoint
