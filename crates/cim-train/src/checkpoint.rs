@@ -18,6 +18,7 @@ use cim_model::layout::ParamLayout;
 use cim_spec::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::device::{backend_err, download};
 use crate::dump::model_tensors;
 use crate::tensors::TensorSet;
 
@@ -44,16 +45,6 @@ pub struct TrainState {
     pub recipe_hash: String,
     /// Backend that wrote it.
     pub backend: String,
-}
-
-fn backend_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("backend: {e}")
-}
-
-fn download<B: Backend>(b: &B, buf: &B::Buffer, r: std::ops::Range<usize>) -> Result<Vec<f32>> {
-    let mut out = vec![0.0; r.len()];
-    b.download(b.view(buf, r), &mut out).map_err(backend_err)?;
-    Ok(out)
 }
 
 /// The folder of the checkpoint at `step` inside `run`.

@@ -20,6 +20,7 @@ use cim_spec::pos_embed;
 use cim_spec::schedule::AdamW;
 use serde_json::json;
 
+use crate::device::{backend_err, download};
 use crate::synthetic;
 use crate::tensors::TensorSet;
 
@@ -38,17 +39,6 @@ pub struct DumpOptions {
     pub adamw: AdamW,
     /// EMA momentum of the step (S7).
     pub momentum: f64,
-}
-
-fn backend_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("backend: {e}")
-}
-
-fn download<B: Backend>(b: &B, buf: &B::Buffer, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
-    let mut out = vec![0.0; range.len()];
-    b.download(b.view(buf, range), &mut out)
-        .map_err(backend_err)?;
-    Ok(out)
 }
 
 /// Every model tensor of `model` under its S12 name: the online network, the class

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::Path;
 
+use crate::device::backend_err;
 use anyhow::{Context, Result, anyhow, bail};
 use cim_model::{Cim, EncoderChoice, FeatureExtractor};
 use cim_spec::backend::{Backend, Role};
@@ -230,7 +231,7 @@ pub fn extract<B: Backend>(
     let mut host = vec![0.0f32; batch * per];
     let mut dev = b
         .alloc(batch * per, Role::Activation)
-        .map_err(|e| anyhow!("backend: {e}"))?;
+        .map_err(backend_err)?;
     let mut feats = vec![0.0f32; set.len() * dim];
     let mut out = vec![0.0f32; batch * dim];
     for start in (0..set.len()).step_by(batch) {
@@ -243,11 +244,11 @@ pub fn extract<B: Backend>(
             }
         });
         b.upload(b.view_mut(&mut dev, 0..batch * per), &host)
-            .map_err(|e| anyhow!("backend: {e}"))?;
+            .map_err(backend_err)?;
         fx.forward(b, model, which, b.view(&dev, 0..batch * per))
-            .map_err(|e| anyhow!("backend: {e}"))?;
+            .map_err(backend_err)?;
         b.download(b.view(fx.features(), 0..batch * dim), &mut out)
-            .map_err(|e| anyhow!("backend: {e}"))?;
+            .map_err(backend_err)?;
         feats[start * dim..(start + n) * dim].copy_from_slice(&out[..n * dim]);
     }
     Ok(feats)

@@ -15,15 +15,12 @@ use cim_spec::backend::Backend;
 use cim_spec::rng::CimRng;
 use serde_json::json;
 
+use crate::device::backend_err;
 use crate::dump::model_tensors;
 use crate::tensors::TensorSet;
 
 /// Images in the verification input of `check.safetensors`.
 const CHECK_IMAGES: usize = 2;
-
-fn backend_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("backend: {e}")
-}
 
 /// The timm architecture name of an encoder, if timm has a preset of that shape.
 fn timm_arch(dim: usize, depth: usize, heads: usize, patch: usize) -> Option<&'static str> {

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+mod device;
 pub mod dump;
 pub mod eval;
 pub mod export;

@@ -21,6 +21,7 @@ use cim_spec::schedule::{self, AdamW, LrSchedule};
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
+use crate::device::backend_err;
 use crate::plot;
 use crate::recipe::Recipe;
 use crate::synthetic::{self, HostBatch};
@@ -101,10 +102,6 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run early.
     pub interrupted: bool,
-}
-
-fn backend_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("backend: {e}")
 }
 
 /// Keeps only the metric lines of steps up to `step` (a resumed run rewrites what came

@@ -12,6 +12,7 @@ use cim_spec::backend::Backend;
 use image::{Rgb, RgbImage};
 
 use crate::data::pair_config;
+use crate::device::backend_err;
 use crate::plot;
 use crate::recipe::Recipe;
 
@@ -86,18 +87,16 @@ pub fn predict<B: Backend>(
         maps.extend_from_slice(&pair.maps);
     }
     let config = *model.config();
-    let mut batch = Batch::new(b, &config, count).map_err(|e| anyhow!("backend: {e}"))?;
+    let mut batch = Batch::new(b, &config, count).map_err(backend_err)?;
     batch
         .upload(b, &context, &exemplars, &maps)
-        .map_err(|e| anyhow!("backend: {e}"))?;
-    model
-        .forward(b, &batch)
-        .map_err(|e| anyhow!("backend: {e}"))?;
+        .map_err(backend_err)?;
+    model.forward(b, &batch).map_err(backend_err)?;
     let m2 = config.context_size * config.context_size;
     let channels = config.loss.channels();
     let mut logits = vec![0.0f32; maps.len() * channels];
     b.download(b.view(model.logits(), 0..logits.len()), &mut logits)
-        .map_err(|e| anyhow!("backend: {e}"))?;
+        .map_err(backend_err)?;
     let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
     let probs = logits
         .chunks(channels * m2)
