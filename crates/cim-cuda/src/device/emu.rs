@@ -1,0 +1,139 @@
+//! The host emulator: kernels are the same `.cu` sources compiled by the C++ compiler
+//! against `emu/cuda_emu.h` (threads as fibers, see there), memory is host memory, and the
+//! GEMM is a plain loop with cuBLAS's column-major meaning. Slow, exact about barriers
+//! and launch shapes, and available everywhere.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use crate::device::{ColumnMajorGemm, Device, LaunchDims};
+use crate::error::CudaError;
+use crate::ops::{Kernel, KernelParams};
+
+unsafe extern "C" {
+    fn cim_emu_launch(
+        kernel: unsafe extern "C" fn(*const c_void),
+        params: *const c_void,
+        gx: u32,
+        gy: u32,
+        gz: u32,
+        bx: u32,
+        by: u32,
+        bz: u32,
+        shared_bytes: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+/// The emulated device. Launches from different threads are independent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Emulator;
+
+/// Host memory in 16-byte units (the alignment of float4 loads in kernels).
+pub struct HostAlloc(Box<[u128]>);
+
+impl Device for Emulator {
+    type Alloc = HostAlloc;
+
+    fn alloc(&self, bytes: usize) -> Result<HostAlloc, CudaError> {
+        let units = bytes.div_ceil(16);
+        let mut memory = Vec::new();
+        memory.try_reserve_exact(units).map_err(|_| {
+            CudaError::out_of_memory(format!("the emulator could not allocate {bytes} bytes"))
+        })?;
+        // Contents are unspecified by the contract; NaN bytes would be closer to a GPU's
+        // garbage, but zero is what the allocator gives cheaply.
+        memory.resize(units, 0);
+        Ok(HostAlloc(memory.into_boxed_slice()))
+    }
+
+    fn address(alloc: &HostAlloc) -> u64 {
+        alloc.0.as_ptr() as u64
+    }
+
+    fn name(&self) -> &str {
+        "cuda-emulated"
+    }
+
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees `dst` has room for `src` in a live allocation.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees `src` holds `dst.len()` bytes of a live allocation.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+        // SAFETY: the caller guarantees both ranges are live and disjoint.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    unsafe fn launch<P: KernelParams>(
+        &self,
+        kernel: &Kernel<P>,
+        dims: LaunchDims,
+        params: &P,
+    ) -> Result<(), CudaError> {
+        let mut err = [0 as c_char; 256];
+        // SAFETY: `kernel.emu` is the emulator entry of the kernel that takes `P`
+        // (generated together), `params` outlives the call, and the caller guarantees the
+        // addresses inside it are valid.
+        let status = unsafe {
+            cim_emu_launch(
+                kernel.emu,
+                (params as *const P).cast(),
+                dims.grid.0,
+                dims.grid.1,
+                dims.grid.2,
+                dims.block.0,
+                dims.block.1,
+                dims.block.2,
+                dims.shared_bytes as usize,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if status == 0 {
+            return Ok(());
+        }
+        // SAFETY: the launcher writes a NUL-terminated message into `err`.
+        let message = unsafe { core::ffi::CStr::from_ptr(err.as_ptr()) };
+        Err(CudaError::launch(format!("kernel {}: {}", kernel.name, message.to_string_lossy())))
+    }
+
+    unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
+        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+        for batch in 0..g.batch {
+            for j in 0..g.n {
+                for i in 0..g.m {
+                    let mut sum = 0.0f32;
+                    for p in 0..g.k {
+                        let a_ip = if g.trans_a { p + i * g.lda } else { i + p * g.lda };
+                        let b_pj = if g.trans_b { j + p * g.ldb } else { p + j * g.ldb };
+                        // SAFETY: the caller guarantees A and B hold every element the
+                        // column-major description reaches.
+                        unsafe {
+                            sum += *a.add(batch * g.stride_a + a_ip)
+                                * *b.add(batch * g.stride_b + b_pj);
+                        }
+                    }
+                    // SAFETY: as above, for C.
+                    unsafe {
+                        let out = c.add(batch * g.stride_c + i + j * g.ldc);
+                        *out = if g.beta == 0.0 { g.alpha * sum } else { g.alpha * sum + g.beta * *out };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<(), CudaError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Where kernels run: the [`Device`] trait the backend is written over, its GPU
+//! implementation ([`gpu`]) and its host emulator ([`emu`]).
+//!
+//! A device moves bytes, launches kernels by handle with one parameter struct, and runs
+//! column-major strided-batched SGEMMs with cuBLAS's exact argument meaning, so the
+//! row-major mapping in `ops::gemm` is the same code on both.
+
+pub(crate) mod emu;
+pub(crate) mod gpu;
+
+use crate::error::CudaError;
+use crate::ops::{Kernel, KernelParams};
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchDims {
+    /// Blocks in x, y, z.
+    pub grid: (u32, u32, u32),
+    /// Threads per block in x, y, z.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory in bytes.
+    pub shared_bytes: u32,
+}
+
+impl LaunchDims {
+    /// A 1-D grid-stride launch over `n` items with `threads` per block; the grid is capped
+    /// because the kernels loop over what is left.
+    pub fn linear(n: usize, threads: u32) -> Self {
+        let blocks = n.div_ceil(threads as usize).clamp(1, 4096) as u32;
+        LaunchDims { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+    }
+
+    /// One block of `threads` per row (grid x holds up to 2^31 - 1 rows).
+    pub fn rows(rows: usize, threads: u32) -> Self {
+        LaunchDims { grid: (rows.max(1) as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+    }
+
+    /// The same launch with `bytes` of dynamic shared memory.
+    pub fn with_shared(self, bytes: usize) -> Self {
+        LaunchDims { shared_bytes: bytes as u32, ..self }
+    }
+}
+
+/// `C = alpha * op(A) op(B) + beta * C` over `batch` column-major matrices, with
+/// cublasSgemmStridedBatched's meaning of every field (`m`, `n` are C's rows and columns,
+/// leading dimensions in elements, strides between matrices in elements). With
+/// `beta == 0`, C is not read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColumnMajorGemm {
+    /// `op(A) = A^T`.
+    pub trans_a: bool,
+    /// `op(B) = B^T`.
+    pub trans_b: bool,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// The inner dimension.
+    pub k: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Device address of A.
+    pub a: u64,
+    /// Leading dimension of A.
+    pub lda: usize,
+    /// Elements between A matrices.
+    pub stride_a: usize,
+    /// Device address of B.
+    pub b: u64,
+    /// Leading dimension of B.
+    pub ldb: usize,
+    /// Elements between B matrices.
+    pub stride_b: usize,
+    /// Scale of the old C.
+    pub beta: f32,
+    /// Device address of C.
+    pub c: u64,
+    /// Leading dimension of C.
+    pub ldc: usize,
+    /// Elements between C matrices.
+    pub stride_c: usize,
+    /// Number of products.
+    pub batch: usize,
+}
+
+/// A device the backend runs on. Addresses are plain `u64` (a CUdeviceptr on the GPU, a
+/// host pointer in the emulator); the backend's views guarantee they are in bounds.
+pub trait Device: 'static {
+    /// An owned allocation, freed on drop.
+    type Alloc;
+
+    /// Allocates `bytes` (at least 4), aligned to 256 bytes on the GPU, 16 in the emulator.
+    fn alloc(&self, bytes: usize) -> Result<Self::Alloc, CudaError>;
+    /// The device address of an allocation's first byte.
+    fn address(alloc: &Self::Alloc) -> u64;
+    /// The device's name (for `Backend::name` and reports).
+    fn name(&self) -> &str;
+
+    /// Copies `src` to device address `dst`.
+    ///
+    /// # Safety
+    /// `dst .. dst + src.len()` lies inside one live allocation of this device.
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError>;
+    /// Copies from device address `src` into `dst` after all queued work.
+    ///
+    /// # Safety
+    /// `src .. src + dst.len()` lies inside one live allocation of this device.
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError>;
+    /// Copies `bytes` from `src` to `dst` on the device.
+    ///
+    /// # Safety
+    /// Both ranges lie inside live allocations of this device and do not overlap.
+    unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError>;
+    /// Launches `kernel` with `params`.
+    ///
+    /// # Safety
+    /// Every address in `params` is valid for the accesses the kernel makes with the sizes
+    /// in `params` and `dims`.
+    unsafe fn launch<P: KernelParams>(
+        &self,
+        kernel: &Kernel<P>,
+        dims: LaunchDims,
+        params: &P,
+    ) -> Result<(), CudaError>;
+    /// Runs a column-major strided-batched SGEMM.
+    ///
+    /// # Safety
+    /// Every matrix the arguments describe lies inside a live allocation of this device.
+    unsafe fn gemm(&self, args: &ColumnMajorGemm) -> Result<(), CudaError>;
+    /// Waits for all queued work; reports what failed.
+    fn synchronize(&self) -> Result<(), CudaError>;
+}

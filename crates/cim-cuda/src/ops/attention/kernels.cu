@@ -1,0 +1,5 @@
+// Kernels of the attention ops (to be written).
+
+struct PlaceholderattentionArgs {
+    float* x;
+};

@@ -1,0 +1,5 @@
+// Kernels of the conv ops (to be written).
+
+struct PlaceholderconvArgs {
+    float* x;
+};

@@ -1,0 +1,5 @@
+// Kernels of the loss ops (to be written).
+
+struct PlaceholderlossArgs {
+    float* x;
+};

@@ -1,0 +1,5 @@
+// Kernels of the norm ops (to be written).
+
+struct PlaceholdernormArgs {
+    float* x;
+};

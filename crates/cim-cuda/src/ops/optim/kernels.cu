@@ -1,0 +1,5 @@
+// Kernels of the optim ops (to be written).
+
+struct PlaceholderoptimArgs {
+    float* x;
+};

@@ -1,0 +1,5 @@
+// Kernels of the tokens ops (to be written).
+
+struct PlaceholdertokensArgs {
+    float* x;
+};
