@@ -26,7 +26,7 @@ pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
 pub use device::{ColumnMajorGemm, Device, LaunchDims};
 pub use error::CudaError;
-pub use ops::kernel_sources;
+pub use ops::{compile_module, kernel_sources};
 
 use ops::{Kernel, KernelParams};
 
