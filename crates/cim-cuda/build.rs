@@ -37,7 +37,10 @@ fn rust_type(c_type: &str, file: &Path) -> &'static str {
         "long long" => "i64",
         "float" => "f32",
         "double" => "f64",
-        other => panic!("{}: unsupported kernel parameter type `{other}`", file.display()),
+        other => panic!(
+            "{}: unsupported kernel parameter type `{other}`",
+            file.display()
+        ),
     }
 }
 
@@ -49,7 +52,9 @@ fn parse(path: &Path, name: &str) -> Module {
     while let Some(line) = lines.next() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("struct ") {
-            let Some(struct_name) = rest.strip_suffix(" {") else { continue };
+            let Some(struct_name) = rest.strip_suffix(" {") else {
+                continue;
+            };
             if !struct_name.ends_with("Args") {
                 continue;
             }
@@ -60,7 +65,10 @@ fn parse(path: &Path, name: &str) -> Module {
                     break;
                 }
                 let field = field.strip_suffix(';').unwrap_or_else(|| {
-                    panic!("{}: `{field}` in {struct_name}: one field per line", path.display())
+                    panic!(
+                        "{}: `{field}` in {struct_name}: one field per line",
+                        path.display()
+                    )
                 });
                 let split = field.rfind([' ', '*']).unwrap();
                 let (c_type, field_name) = field.split_at(split + 1);
@@ -69,7 +77,10 @@ fn parse(path: &Path, name: &str) -> Module {
                     rust_type: rust_type(c_type.trim(), path),
                 });
             }
-            structs.push(ArgsStruct { name: struct_name.to_string(), fields });
+            structs.push(ArgsStruct {
+                name: struct_name.to_string(),
+                fields,
+            });
         } else if let Some(rest) = line.strip_prefix("CIM_KERNEL(") {
             let inner = rest.split(')').next().unwrap();
             let (kernel, args) = inner.split_once(',').unwrap();
@@ -83,7 +94,12 @@ fn parse(path: &Path, name: &str) -> Module {
             path.display()
         );
     }
-    Module { name: name.to_string(), path: path.to_path_buf(), structs, kernels }
+    Module {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        structs,
+        kernels,
+    }
 }
 
 fn main() {
@@ -121,12 +137,21 @@ fn main() {
     out.push_str("];\n\nunsafe extern \"C\" {\n");
     for m in &modules {
         for (kernel, _) in &m.kernels {
-            writeln!(out, "    fn cim_emu_{kernel}(params: *const core::ffi::c_void);").unwrap();
+            writeln!(
+                out,
+                "    fn cim_emu_{kernel}(params: *const core::ffi::c_void);"
+            )
+            .unwrap();
         }
     }
     out.push_str("}\n");
     for m in &modules {
-        writeln!(out, "\n/// Kernels and parameter structs of `src/ops/{}/kernels.cu`.", m.name).unwrap();
+        writeln!(
+            out,
+            "\n/// Kernels and parameter structs of `src/ops/{}/kernels.cu`.",
+            m.name
+        )
+        .unwrap();
         writeln!(out, "#[allow(dead_code)]\npub(crate) mod {} {{", m.name).unwrap();
         out.push_str("    use super::*;\n");
         for s in &m.structs {
@@ -137,7 +162,11 @@ fn main() {
                 writeln!(out, "        pub(crate) {}: {},", f.name, f.rust_type).unwrap();
             }
             out.push_str("    }\n");
-            writeln!(out, "    // SAFETY: generated from the C struct the kernel takes, field for field.").unwrap();
+            writeln!(
+                out,
+                "    // SAFETY: generated from the C struct the kernel takes, field for field."
+            )
+            .unwrap();
             writeln!(out, "    unsafe impl KernelParams for {} {{}}", s.name).unwrap();
         }
         for (kernel, args) in &m.kernels {
@@ -167,6 +196,8 @@ fn main() {
         .flag(ops.join("common.cuh").to_str().unwrap())
         .flag("-fno-fast-math")
         .flag("-ffp-contract=off")
+        // `#pragma unroll` is a hint for NVRTC only.
+        .flag("-Wno-unknown-pragmas")
         .warnings(true)
         .file(root.join("emu/runtime.cc"));
     for m in &modules {

@@ -2,5 +2,5 @@
 //! but the choice of backend is cim-train's CLI, shared with `cim-cuda`.
 
 fn main() -> anyhow::Result<()> {
-    cim_train::cli::main(cim_cpu::Cpu::new())
+    cim_train::cli::main(|| Ok(cim_cpu::Cpu::new()), Default::default())
 }

@@ -14,7 +14,10 @@ pub struct CudaError {
 
 impl CudaError {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CudaError { kind, message: message.into() }
+        CudaError {
+            kind,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn device(message: impl Into<String>) -> Self {

@@ -26,7 +26,7 @@ pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
 pub use device::{ColumnMajorGemm, Device, LaunchDims};
 pub use error::CudaError;
-pub use ops::{compile_module, kernel_sources};
+pub use ops::{compile_module, kernel_sources, nvrtc_unavailable_reason};
 
 use ops::{Kernel, KernelParams};
 
@@ -38,7 +38,9 @@ pub struct Cuda<D: Device> {
 impl Cuda<Gpu> {
     /// The backend on GPU `ordinal`; a clear error if CUDA or the GPU is missing.
     pub fn gpu(ordinal: usize) -> Result<Self, CudaError> {
-        Ok(Cuda { device: Gpu::new(ordinal)? })
+        Ok(Cuda {
+            device: Gpu::new(ordinal)?,
+        })
     }
 }
 
@@ -110,8 +112,16 @@ impl DeviceViewMut<'_> {
     }
     /// `len` elements from `start`, borrowed from this view. Panics if out of bounds.
     pub(crate) fn sub_range(&mut self, start: usize, len: usize) -> DeviceViewMut<'_> {
-        assert!(start + len <= self.len, "sub-range {start}+{len} of a view of {}", self.len);
-        DeviceViewMut { ptr: self.ptr + start as u64 * F32_BYTES, len, _buffer: PhantomData }
+        assert!(
+            start + len <= self.len,
+            "sub-range {start}+{len} of a view of {}",
+            self.len
+        );
+        DeviceViewMut {
+            ptr: self.ptr + start as u64 * F32_BYTES,
+            len,
+            _buffer: PhantomData,
+        }
     }
 }
 
@@ -125,7 +135,10 @@ impl<D: Device> Memory for Cuda<D> {
         let bytes = len.checked_mul(F32_BYTES as usize).ok_or_else(|| {
             CudaError::out_of_memory(format!("{len} f32 elements overflow the address space"))
         })?;
-        Ok(DeviceBuffer { alloc: self.device.alloc(bytes.max(4))?, len })
+        Ok(DeviceBuffer {
+            alloc: self.device.alloc(bytes.max(4))?,
+            len,
+        })
     }
 
     fn buffer_len(buf: &DeviceBuffer<D>) -> usize {
@@ -141,7 +154,10 @@ impl<D: Device> Memory for Cuda<D> {
     }
 
     fn view<'a>(&'a self, buf: &'a DeviceBuffer<D>, range: Range<usize>) -> DeviceView<'a> {
-        assert!(range.start <= range.end && range.end <= buf.len, "view {range:?} out of bounds");
+        assert!(
+            range.start <= range.end && range.end <= buf.len,
+            "view {range:?} out of bounds"
+        );
         DeviceView {
             ptr: D::address(&buf.alloc) + range.start as u64 * F32_BYTES,
             len: range.len(),
@@ -149,8 +165,15 @@ impl<D: Device> Memory for Cuda<D> {
         }
     }
 
-    fn view_mut<'a>(&'a self, buf: &'a mut DeviceBuffer<D>, range: Range<usize>) -> DeviceViewMut<'a> {
-        assert!(range.start <= range.end && range.end <= buf.len, "view {range:?} out of bounds");
+    fn view_mut<'a>(
+        &'a self,
+        buf: &'a mut DeviceBuffer<D>,
+        range: Range<usize>,
+    ) -> DeviceViewMut<'a> {
+        assert!(
+            range.start <= range.end && range.end <= buf.len,
+            "view {range:?} out of bounds"
+        );
         DeviceViewMut {
             ptr: D::address(&buf.alloc) + range.start as u64 * F32_BYTES,
             len: range.len(),
@@ -162,21 +185,32 @@ impl<D: Device> Memory for Cuda<D> {
     where
         Self: 'b,
     {
-        DeviceViewMut { ptr: view.ptr, len: view.len, _buffer: PhantomData }
+        DeviceViewMut {
+            ptr: view.ptr,
+            len: view.len,
+            _buffer: PhantomData,
+        }
     }
 
     fn as_view<'b>(view: &'b DeviceViewMut<'_>) -> DeviceView<'b>
     where
         Self: 'b,
     {
-        DeviceView { ptr: view.ptr, len: view.len, _buffer: PhantomData }
+        DeviceView {
+            ptr: view.ptr,
+            len: view.len,
+            _buffer: PhantomData,
+        }
     }
 
     fn sub_view<'a>(view: DeviceView<'a>, range: Range<usize>) -> DeviceView<'a>
     where
         Self: 'a,
     {
-        assert!(range.start <= range.end && range.end <= view.len, "view {range:?} out of bounds");
+        assert!(
+            range.start <= range.end && range.end <= view.len,
+            "view {range:?} out of bounds"
+        );
         DeviceView {
             ptr: view.ptr + range.start as u64 * F32_BYTES,
             len: range.len(),
@@ -190,7 +224,11 @@ impl<D: Device> Memory for Cuda<D> {
     {
         assert!(at <= view.len, "split at {at} of a view of {}", view.len);
         (
-            DeviceViewMut { ptr: view.ptr, len: at, _buffer: PhantomData },
+            DeviceViewMut {
+                ptr: view.ptr,
+                len: at,
+                _buffer: PhantomData,
+            },
             DeviceViewMut {
                 ptr: view.ptr + at as u64 * F32_BYTES,
                 len: view.len - at,

@@ -2,5 +2,5 @@
 //! reference_cli -- step-dump --model micro --out DIR` gives the oracle's step dump.
 
 fn main() -> anyhow::Result<()> {
-    cim_train::cli::main(cim_reference::Reference::new())
+    cim_train::cli::main(|| Ok(cim_reference::Reference::new()), Default::default())
 }

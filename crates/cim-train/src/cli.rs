@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
 use cim_spec::config::{Correlation, ModelConfig, Predictor};
@@ -113,6 +113,10 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Check every op against the reference on this device before training (`auto`:
+        /// on for cim-cuda, off for cim-cpu).
+        #[arg(long, value_enum, default_value_t = Switch::Auto)]
+        preflight: Switch,
     },
     /// Draw the paper's Figure 5 (contexts, exemplars, true and predicted maps) from a
     /// checkpoint and a folder of images, and print the maps' mean IoU.
@@ -165,6 +169,38 @@ pub enum Command {
         #[arg(long)]
         baseline: bool,
     },
+    /// Every op of the contract and whole micro training steps on this backend against the
+    /// f64 reference (the preflight `pretrain` runs on GPUs); exits non-zero on a mismatch.
+    Selftest {
+        /// Random cases per op.
+        #[arg(long, default_value_t = crate::preflight::PREFLIGHT_CASES)]
+        cases: u32,
+        /// Also write the outcome of every check as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time full CIM training steps (fwd+bwd, AdamW, EMA) on synthetic inputs: images/s,
+    /// TFLOP/s and, with --peak-tflops, MFU.
+    Bench {
+        /// Model configuration: micro, vit-tiny, vit-small, vit-base, vit-large, vit-huge.
+        #[arg(long, default_value = "vit-base")]
+        model: String,
+        /// Context images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// The device's peak in TFLOP/s for MFU (H100 SXM dense bf16: 989).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Decode every image of a dataset and report every problem before any training.
     CheckData {
         /// ImageFolder, flat or nested folder, or file list.
@@ -176,6 +212,17 @@ pub enum Command {
         /// A .safetensors file, a checkpoint folder or a run folder.
         path: PathBuf,
     },
+}
+
+/// A three-way switch whose `auto` the binary decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// The binary's default.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 /// Which encoder to export or evaluate.
@@ -196,10 +243,23 @@ impl From<Encoder> for EncoderChoice {
     }
 }
 
-/// Parses the process arguments and runs the subcommand on `backend`. SIGINT and
-/// SIGTERM ask a running pre-training to checkpoint at the next step boundary and stop;
-/// a second signal exits at once.
-pub fn main<B: Backend>(backend: B) -> Result<()> {
+/// What differs between the binaries besides the backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BinaryDefaults {
+    /// Whether `pretrain --preflight auto` runs the preflight (on for GPU backends, whose
+    /// kernels and libraries vary with the card and driver).
+    pub preflight: bool,
+}
+
+/// Parses the process arguments, builds the backend with `make_backend` (so `--help`
+/// works on a machine without the device) and runs the subcommand. SIGINT and SIGTERM
+/// ask a running pre-training to checkpoint at the next step boundary and stop; a second
+/// signal exits at once.
+pub fn main<B: Backend>(
+    make_backend: impl FnOnce() -> Result<B>,
+    defaults: BinaryDefaults,
+) -> Result<()> {
+    let cli = Cli::parse();
     let installed = ctrlc::set_handler(|| {
         if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
             eprintln!("second interrupt: exiting without a checkpoint");
@@ -210,11 +270,17 @@ pub fn main<B: Backend>(backend: B) -> Result<()> {
     if let Err(e) = installed {
         eprintln!("warning: no interrupt handler ({e}); Ctrl-C will stop without a checkpoint");
     }
-    run(&backend, Cli::parse())
+    let backend = make_backend()?;
+    run_as(&backend, cli, defaults)
 }
 
-/// Runs a parsed command line on `backend`.
+/// Runs a parsed command line on `backend` with the defaults of no binary in particular.
 pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
+    run_as(backend, cli, BinaryDefaults::default())
+}
+
+/// Runs a parsed command line on `backend` as the binary with `defaults` would.
+pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Result<()> {
     match cli.command {
         Command::StepDump {
             model,
@@ -281,7 +347,16 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
             max_steps,
             skip_bad_files,
             no_progress,
+            preflight,
         } => {
+            let preflight = match preflight {
+                Switch::Auto => defaults.preflight,
+                Switch::On => true,
+                Switch::Off => false,
+            };
+            if preflight {
+                crate::preflight::preflight(backend, crate::preflight::PREFLIGHT_CASES)?;
+            }
             if let Some(e) = epochs {
                 overrides.push(format!("optim.epochs={e}"));
             }
@@ -449,6 +524,81 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
                         100.0 * p
                     ))
                 );
+            }
+            Ok(())
+        }
+        Command::Selftest { cases, json } => {
+            let checks = crate::preflight::run_checks(backend, cases);
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| c.failure.is_some())
+                .map(|c| c.name)
+                .collect();
+            if let Some(path) = json {
+                let report: Vec<_> = checks
+                    .iter()
+                    .map(|c| serde_json::json!({"check": c.name, "seconds": c.seconds, "failure": c.failure}))
+                    .collect();
+                let doc = serde_json::json!({"backend": backend.name(), "cases": cases, "checks": report});
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            for c in checks.iter().filter(|c| c.failure.is_some()) {
+                eprintln!("{}: {}", c.name, c.failure.as_deref().unwrap_or_default());
+            }
+            if !failed.is_empty() {
+                bail!(
+                    "selftest: {} disagrees with the reference in {} of {} checks: {}",
+                    backend.name(),
+                    failed.len(),
+                    checks.len(),
+                    failed.join(", ")
+                );
+            }
+            println!(
+                "selftest: {} passed all {} checks",
+                backend.name(),
+                checks.len()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            batch,
+            warmup,
+            steps,
+            peak_tflops,
+            json,
+        } => {
+            let Some(config) = ModelConfig::preset(&model) else {
+                bail!(
+                    "unknown --model {model:?}: micro, vit-tiny, vit-small, vit-base, vit-large or vit-huge"
+                );
+            };
+            let report = crate::bench::step_bench(
+                backend,
+                &model,
+                config,
+                batch,
+                (warmup, steps),
+                peak_tflops,
+            )?;
+            println!(
+                "{} {} batch {}: {:.1} ms/step (best {:.1}), {:.1} images/s, {:.1} TFLOP/s{}",
+                report.backend,
+                report.model,
+                report.batch,
+                report.ms_per_step,
+                report.ms_best,
+                report.images_per_s,
+                report.tflops,
+                report
+                    .mfu
+                    .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m))
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -5,6 +5,7 @@
 //! Rust (the PyTorch parity script under `benches/pytorch/`) check one training step
 //! against ours; the trainer, checkpoints, export and evaluation join it with issue 5.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod dump;
 pub mod eval;
 pub mod export;
 pub mod plot;
+pub mod preflight;
 pub mod recipe;
 pub mod runs;
 pub mod synthetic;

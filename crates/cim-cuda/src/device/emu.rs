@@ -103,7 +103,11 @@ impl Device for Emulator {
         }
         // SAFETY: the launcher writes a NUL-terminated message into `err`.
         let message = unsafe { core::ffi::CStr::from_ptr(err.as_ptr()) };
-        Err(CudaError::launch(format!("kernel {}: {}", kernel.name, message.to_string_lossy())))
+        Err(CudaError::launch(format!(
+            "kernel {}: {}",
+            kernel.name,
+            message.to_string_lossy()
+        )))
     }
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
@@ -113,8 +117,16 @@ impl Device for Emulator {
                 for i in 0..g.m {
                     let mut sum = 0.0f32;
                     for p in 0..g.k {
-                        let a_ip = if g.trans_a { p + i * g.lda } else { i + p * g.lda };
-                        let b_pj = if g.trans_b { j + p * g.ldb } else { p + j * g.ldb };
+                        let a_ip = if g.trans_a {
+                            p + i * g.lda
+                        } else {
+                            i + p * g.lda
+                        };
+                        let b_pj = if g.trans_b {
+                            j + p * g.ldb
+                        } else {
+                            p + j * g.ldb
+                        };
                         // SAFETY: the caller guarantees A and B hold every element the
                         // column-major description reaches.
                         unsafe {
@@ -125,7 +137,11 @@ impl Device for Emulator {
                     // SAFETY: as above, for C.
                     unsafe {
                         let out = c.add(batch * g.stride_c + i + j * g.ldc);
-                        *out = if g.beta == 0.0 { g.alpha * sum } else { g.alpha * sum + g.beta * *out };
+                        *out = if g.beta == 0.0 {
+                            g.alpha * sum
+                        } else {
+                            g.alpha * sum + g.beta * *out
+                        };
                     }
                 }
             }

@@ -21,7 +21,10 @@ pub fn gpu_unavailable_reason() -> Option<String> {
     // SAFETY: these only try to dlopen the library by its soname.
     let libraries = unsafe {
         [
-            ("libcuda.so (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+            (
+                "libcuda.so (the NVIDIA driver)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
             ("libnvrtc.so.13", cudarc::nvrtc::sys::is_culib_present()),
             ("libcublas.so.13", cudarc::cublas::sys::is_culib_present()),
         ]
@@ -73,10 +76,13 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| driver_error(&format!("opening GPU {ordinal}"), e))?;
-        let (major, minor) =
-            ctx.compute_capability().map_err(|e| driver_error("compute capability", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_error("compute capability", e))?;
         let name = ctx.name().map_err(|e| driver_error("device name", e))?;
-        let stream = ctx.new_stream().map_err(|e| driver_error("creating a stream", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_error("creating a stream", e))?;
         let blas = cublas::result::create_handle()
             .map_err(|e| CudaError::device(format!("creating a cuBLAS handle: {e}")))?;
         // SAFETY: the handle was just created; the stream lives as long as `self`.
@@ -111,10 +117,9 @@ impl Gpu {
                 Some(m) => m.clone(),
                 None => {
                     let ptx = compile_module(kernel.module, self.arch)?;
-                    let m = self
-                        .ctx
-                        .load_module(ptx)
-                        .map_err(|e| driver_error(&format!("loading module {}", kernel.module), e))?;
+                    let m = self.ctx.load_module(ptx).map_err(|e| {
+                        driver_error(&format!("loading module {}", kernel.module), e)
+                    })?;
                     modules.insert(kernel.module, m.clone());
                     m
                 }
@@ -129,7 +134,9 @@ impl Gpu {
     }
 
     fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(|e| driver_error("binding the context", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("binding the context", e))
     }
 }
 
@@ -167,7 +174,10 @@ impl Device for Gpu {
         // SAFETY: a plain allocation in the bound context.
         let ptr = unsafe { driver::malloc_sync(bytes) }
             .map_err(|e| driver_error(&format!("allocating {bytes} bytes"), e))?;
-        Ok(GpuAlloc { ptr, ctx: self.ctx.clone() })
+        Ok(GpuAlloc {
+            ptr,
+            ctx: self.ctx.clone(),
+        })
     }
 
     fn address(alloc: &GpuAlloc) -> u64 {
@@ -233,9 +243,7 @@ impl Device for Gpu {
                 &mut args,
             )
         }
-        .map_err(|e| {
-            CudaError::launch(format!("launching {} with {dims:?}: {e}", kernel.name))
-        })
+        .map_err(|e| CudaError::launch(format!("launching {} with {dims:?}: {e}", kernel.name)))
     }
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
@@ -270,6 +278,8 @@ impl Device for Gpu {
     }
 
     fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(|e| driver_error("running queued work", e))
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_error("running queued work", e))
     }
 }

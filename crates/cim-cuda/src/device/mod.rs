@@ -27,17 +27,28 @@ impl LaunchDims {
     /// because the kernels loop over what is left.
     pub fn linear(n: usize, threads: u32) -> Self {
         let blocks = n.div_ceil(threads as usize).clamp(1, 4096) as u32;
-        LaunchDims { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+        LaunchDims {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        }
     }
 
     /// One block of `threads` per row (grid x holds up to 2^31 - 1 rows).
     pub fn rows(rows: usize, threads: u32) -> Self {
-        LaunchDims { grid: (rows.max(1) as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+        LaunchDims {
+            grid: (rows.max(1) as u32, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        }
     }
 
     /// The same launch with `bytes` of dynamic shared memory.
     pub fn with_shared(self, bytes: usize) -> Self {
-        LaunchDims { shared_bytes: bytes as u32, ..self }
+        LaunchDims {
+            shared_bytes: bytes as u32,
+            ..self
+        }
     }
 }
 

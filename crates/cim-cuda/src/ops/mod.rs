@@ -47,7 +47,12 @@ impl<P> Kernel<P> {
         name: &'static str,
         emu: unsafe extern "C" fn(*const c_void),
     ) -> Self {
-        Kernel { module, name, emu, _params: PhantomData }
+        Kernel {
+            module,
+            name,
+            emu,
+            _params: PhantomData,
+        }
     }
 }
 
@@ -67,7 +72,23 @@ pub fn kernel_sources() -> impl Iterator<Item = (&'static str, String)> {
 }
 
 fn full_source(module: &KernelModule) -> String {
-    format!("{PRELUDE}\n#line 1 \"{}/kernels.cu\"\n{}", module.name, module.source)
+    format!(
+        "{PRELUDE}\n#line 1 \"{}/kernels.cu\"\n{}",
+        module.name, module.source
+    )
+}
+
+/// Why NVRTC cannot be used here (`libnvrtc.so.13` not on the library path), or `None`.
+pub fn nvrtc_unavailable_reason() -> Option<String> {
+    // SAFETY: only tries to dlopen the library by its soname.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        None
+    } else {
+        Some(
+            "libnvrtc.so.13 was not found on the library path (scripts/install-cuda-tools.sh)"
+                .into(),
+        )
+    }
 }
 
 /// Compiles module `name` for `arch` (e.g. `sm_90`) with NVRTC.

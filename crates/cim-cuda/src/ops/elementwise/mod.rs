@@ -11,12 +11,24 @@ use crate::{Cuda, DeviceView, DeviceViewMut};
 const THREADS: u32 = 256;
 const REDUCE_THREADS: u32 = 256;
 
-pub(crate) fn fill<D: Device>(b: &Cuda<D>, x: DeviceViewMut<'_>, value: f32) -> Result<(), CudaError> {
+pub(crate) fn fill<D: Device>(
+    b: &Cuda<D>,
+    x: DeviceViewMut<'_>,
+    value: f32,
+) -> Result<(), CudaError> {
     let n = x.len();
     if n == 0 {
         return Ok(());
     }
-    b.launch(&k::FILL, LaunchDims::linear(n, THREADS), k::FillArgs { x: x.ptr(), value, n: n as i64 })
+    b.launch(
+        &k::FILL,
+        LaunchDims::linear(n, THREADS),
+        k::FillArgs {
+            x: x.ptr(),
+            value,
+            n: n as i64,
+        },
+    )
 }
 
 impl<D: Device> Elementwise for Cuda<D> {
@@ -25,7 +37,11 @@ impl<D: Device> Elementwise for Cuda<D> {
         if n == 0 {
             return Ok(());
         }
-        let params = k::AddAssignArgs { x: x.ptr(), y: y.ptr(), n: n as i64 };
+        let params = k::AddAssignArgs {
+            x: x.ptr(),
+            y: y.ptr(),
+            n: n as i64,
+        };
         self.launch(&k::ADD_ASSIGN, LaunchDims::linear(n, THREADS), params)
     }
 
@@ -34,7 +50,11 @@ impl<D: Device> Elementwise for Cuda<D> {
         if n == 0 {
             return Ok(());
         }
-        let params = k::ScaleArgs { x: x.ptr(), alpha, n: n as i64 };
+        let params = k::ScaleArgs {
+            x: x.ptr(),
+            alpha,
+            n: n as i64,
+        };
         self.launch(&k::SCALE, LaunchDims::linear(n, THREADS), params)
     }
 
@@ -78,7 +98,11 @@ impl<D: Device> Elementwise for Cuda<D> {
             len: len as i64,
             inner: inner as i64,
         };
-        self.launch(&k::SUM_BROADCAST, LaunchDims::rows(len, REDUCE_THREADS), params)
+        self.launch(
+            &k::SUM_BROADCAST,
+            LaunchDims::rows(len, REDUCE_THREADS),
+            params,
+        )
     }
 
     fn repeat_forward(
@@ -130,7 +154,11 @@ impl<D: Device> Elementwise for Cuda<D> {
         if n == 0 {
             return Ok(());
         }
-        let params = k::GeluArgs { out: out.ptr(), x: x.ptr(), n: n as i64 };
+        let params = k::GeluArgs {
+            out: out.ptr(),
+            x: x.ptr(),
+            n: n as i64,
+        };
         self.launch(&k::GELU_FORWARD, LaunchDims::linear(n, THREADS), params)
     }
 
@@ -139,7 +167,11 @@ impl<D: Device> Elementwise for Cuda<D> {
         if n == 0 {
             return Ok(());
         }
-        let params = k::GeluArgs { out: d.ptr(), x: x.ptr(), n: n as i64 };
+        let params = k::GeluArgs {
+            out: d.ptr(),
+            x: x.ptr(),
+            n: n as i64,
+        };
         self.launch(&k::GELU_BACKWARD, LaunchDims::linear(n, THREADS), params)
     }
 }

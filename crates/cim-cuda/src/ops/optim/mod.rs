@@ -17,7 +17,12 @@ impl<D: Device> Optim for Cuda<D> {
         todo!()
     }
 
-    fn ema_update(&self, target: DeviceViewMut<'_>, online: DeviceView<'_>, momentum: f64) -> Result<(), CudaError> {
+    fn ema_update(
+        &self,
+        target: DeviceViewMut<'_>,
+        online: DeviceView<'_>,
+        momentum: f64,
+    ) -> Result<(), CudaError> {
         todo!()
     }
 
@@ -25,7 +30,12 @@ impl<D: Device> Optim for Cuda<D> {
         todo!()
     }
 
-    fn clip_by_norm(&self, x: DeviceViewMut<'_>, norm_sq: DeviceView<'_>, max_norm: f32) -> Result<(), CudaError> {
+    fn clip_by_norm(
+        &self,
+        x: DeviceViewMut<'_>,
+        norm_sq: DeviceView<'_>,
+        max_norm: f32,
+    ) -> Result<(), CudaError> {
         todo!()
     }
 }

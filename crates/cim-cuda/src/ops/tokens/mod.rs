@@ -6,7 +6,12 @@ use crate::error::CudaError;
 use crate::{Cuda, DeviceView, DeviceViewMut};
 
 impl<D: Device> Tokens for Cuda<D> {
-    fn patchify(&self, out: DeviceViewMut<'_>, img: DeviceView<'_>, args: &PatchArgs) -> Result<(), CudaError> {
+    fn patchify(
+        &self,
+        out: DeviceViewMut<'_>,
+        img: DeviceView<'_>,
+        args: &PatchArgs,
+    ) -> Result<(), CudaError> {
         todo!()
     }
 

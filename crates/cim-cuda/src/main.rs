@@ -1,0 +1,36 @@
+//! The `cim-cuda` binary: CIM pre-training and its tools on the GPU, with the same CLI as
+//! `cim-cpu` (cim-train's). `pretrain` runs the preflight first (`--preflight off` skips it).
+//!
+//! The GPU is `CIM_CUDA_DEVICE`, else `LOCAL_RANK` (as torchrun sets it), else 0.
+//! `CIM_CUDA_EMULATE=1` runs everything on the host emulator instead: slow, but it runs
+//! the very kernel sources on a machine without a GPU.
+
+use anyhow::{Context, Result, anyhow};
+use cim_cuda::Cuda;
+use cim_train::cli::{BinaryDefaults, main as cli_main};
+
+fn device_ordinal() -> Result<usize> {
+    for var in ["CIM_CUDA_DEVICE", "LOCAL_RANK"] {
+        if let Ok(value) = std::env::var(var) {
+            return value
+                .trim()
+                .parse()
+                .with_context(|| format!("{var}={value:?} is not a GPU index"));
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> Result<()> {
+    let defaults = BinaryDefaults { preflight: true };
+    if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
+        return cli_main(|| Ok(Cuda::emulated()), defaults);
+    }
+    cli_main(
+        || {
+            let ordinal = device_ordinal()?;
+            Cuda::gpu(ordinal).map_err(|e| anyhow!("cim-cuda: {e}"))
+        },
+        defaults,
+    )
+}

@@ -1,0 +1,23 @@
+//! The whole conformance suite on a real GPU. Without one (no driver, no device, no CUDA 13
+//! libraries) every test prints why and passes, unless `CIM_REQUIRE_GPU=1`, which makes
+//! the absence a failure (set on the GPU test machine).
+
+use cim_cuda::{Cuda, Gpu, gpu_unavailable_reason};
+
+/// The backend on GPU 0, or `None` after printing why there is none.
+fn gpu_or_skip() -> Option<Cuda<Gpu>> {
+    let required = std::env::var("CIM_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    if let Some(reason) = gpu_unavailable_reason() {
+        assert!(!required, "CIM_REQUIRE_GPU=1 but {reason}");
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    Some(Cuda::gpu(0).unwrap_or_else(|e| panic!("opening GPU 0: {e}")))
+}
+
+conformance::suite!(Cuda<Gpu>, {
+    let Some(backend) = gpu_or_skip() else {
+        return;
+    };
+    backend
+});

@@ -1,0 +1,82 @@
+//! The preflight: before a long run (and as `selftest`), every op of the contract at small
+//! sizes and whole micro training steps, on the device at hand, against the f64 reference
+//! on the CPU, under the tolerance table. A run never starts on a backend that disagrees
+//! with the reference on this card and driver: the first mismatch is an error naming the
+//! op and the case.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use cim_spec::backend::Backend;
+use conformance::{Property, RunConfig};
+
+/// Cases per op in the preflight: enough to hit odd sizes, few enough for seconds.
+pub const PREFLIGHT_CASES: u32 = 6;
+
+/// A fixed seed, so a preflight failure can be rerun exactly.
+const PREFLIGHT_SEED: u64 = 0x0C1A_5E1F;
+
+/// One op's outcome.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// The conformance property (op direction, or `training_steps`, ...).
+    pub name: &'static str,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// The mismatch, if any.
+    pub failure: Option<String>,
+}
+
+/// Runs every conformance property with `cases` cases on `backend`, printing one line
+/// per op to stderr, and returns every outcome (it does not stop at the first failure, so
+/// the report names all disagreeing ops).
+pub fn run_checks<B: Backend>(backend: &B, cases: u32) -> Vec<Check> {
+    let config = RunConfig {
+        cases,
+        seed: Some(PREFLIGHT_SEED),
+    };
+    let properties: Vec<Property<B>> = conformance::properties();
+    let mut checks = Vec::with_capacity(properties.len());
+    for property in properties {
+        let start = Instant::now();
+        let failure = (property.run)(backend, &config).err();
+        let seconds = start.elapsed().as_secs_f64();
+        let status = if failure.is_some() { "MISMATCH" } else { "ok" };
+        eprintln!("  {:<34} {status:>8} {:>8.3} s", property.name, seconds);
+        checks.push(Check {
+            name: property.name,
+            seconds,
+            failure,
+        });
+    }
+    checks
+}
+
+/// The preflight: [`run_checks`], then an error naming every op that disagrees.
+pub fn preflight<B: Backend>(backend: &B, cases: u32) -> Result<Vec<Check>> {
+    eprintln!(
+        "preflight: every op of the contract on {} against the f64 reference ({cases} cases each)",
+        backend.name()
+    );
+    let start = Instant::now();
+    let checks = run_checks(backend, cases);
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.failure.is_some()).collect();
+    if let Some(first) = failed.first() {
+        let names: Vec<&str> = failed.iter().map(|c| c.name).collect();
+        bail!(
+            "preflight: {} disagrees with the reference in {} of {} checks ({}); first: {}: {}",
+            backend.name(),
+            failed.len(),
+            checks.len(),
+            names.join(", "),
+            first.name,
+            first.failure.as_deref().unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "preflight: {} checks passed in {:.1} s",
+        checks.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(checks)
+}
