@@ -1,11 +1,13 @@
 """Times the full CIM training step in PyTorch (the speed baseline of the Rust benches).
 
-    python3 benches/pytorch/step_bench.py --model vit-tiny --batch 16 --threads 2 [--mode eager|compile|sdpa-bf16]
+    python3 benches/pytorch/step_bench.py --model vit-tiny --batch 16 --threads 2 [--mode eager|sdpa|compile] [--amp bf16] [--device cuda]
 
 The step is what cim-rs times: target encoder on the contexts (no grad), online encoder
 on the K exemplars of every context, decoder, loss, backward, AdamW, EMA. `eager` is the
-public release's way (plain f32 eager); the others are the strongest PyTorch recipes.
-Prints one JSON line: {"ms_per_step": ..., "steps": ..., ...}.
+public release's way (plain f32 eager); `compile` with `--amp bf16` (autocast, SDPA,
+torch.compile) is the strongest PyTorch recipe. Prints one JSON line: {"ms_per_step": ...,
+"images_per_s": ..., ...}; with --flops-per-image (from `cim-cuda bench --json`, so both
+sides count the same FLOPs) and --peak-tflops also "tflops" and "mfu".
 """
 
 import argparse
@@ -45,6 +47,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mode", default="eager", choices=["eager", "sdpa", "compile"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"])
+    ap.add_argument("--flops-per-image", type=float, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -60,8 +65,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = model(ctx, ex, sdpa=sdpa)
-        loss = model.loss(logits, masks)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            logits = model(ctx, ex, sdpa=sdpa)
+            loss = model.loss(logits.float(), masks)
         loss.backward()
         opt.step()
         model.ema(0.99)
@@ -79,8 +85,16 @@ def main():
         torch.cuda.synchronize()
     loss = loss.item()
     ms = (time.perf_counter() - t0) / args.steps * 1e3
-    print(json.dumps({"ms_per_step": ms, "steps": args.steps, "model": args.model, "batch": b,
-                      "threads": args.threads, "mode": args.mode, "torch": torch.__version__, "loss": loss}))
+    report = {"ms_per_step": ms, "images_per_s": b / ms * 1e3, "steps": args.steps, "model": args.model,
+              "batch": b, "threads": args.threads, "mode": args.mode, "amp": args.amp, "device": str(dev),
+              "torch": torch.__version__, "loss": loss}
+    if dev.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(dev)
+    if args.flops_per_image:
+        report["tflops"] = args.flops_per_image * report["images_per_s"] / 1e12
+        if args.peak_tflops:
+            report["mfu"] = report["tflops"] / args.peak_tflops
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs scripts/gpu-check.sh on the host emulator at tiny sizes (no GPU), so its plumbing
+# (library paths, every part's command line, the summary) is tested on every push: the
+# selftest, the short pretrain and our bench must succeed and the loss must be reported.
+# The PyTorch parts run only where torch is installed, and are not required here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p cim-cuda --bin cim-cuda
+out=target/gpu-check-dry-run
+rm -rf "$out"
+OUT="$out" BUNDLE=target/release scripts/gpu-check.sh --dry-run >/dev/null
+python3 - "$out/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+bad = {k: v for k, v in s["status"].items() if k in ("selftest", "pretrain", "bench_cim") and v != "0"}
+assert not bad, f"gpu-check dry run: parts failed: {bad} (logs beside {sys.argv[1]})"
+assert s.get("pretrain", {}).get("steps", 0) > 0, "gpu-check dry run: no pretrain loss reported"
+assert (s.get("bench_cim") or {}).get("images_per_s", 0) > 0, "gpu-check dry run: no bench result"
+print("gpu-check dry run: selftest, pretrain and bench ran on the emulator")
+PY

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The whole GPU check, from prebuilt binaries (scripts/gpu-bundle.sh), on a machine with
+# CUDA 13, PyTorch and no Rust toolchain. Run from the repository root; writes everything
+# under $OUT (default: gpu-results/), and a summary.json that says what passed:
+#   1. the conformance suite and whole micro steps on the GPU (f32), CIM_REQUIRE_GPU=1;
+#   2. `cim-cuda selftest` (the preflight alone), as JSON;
+#   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
+#   4. the benchmark: our ViT-B/16 CIM step, and the same step in PyTorch on the same card,
+#      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
+#      torch.compile): images/s and MFU against the dense bf16 peak.
+# Each part runs under its own time limit and the script goes on after a failure, so one
+# run reports everything. `--dry-run` runs the same plumbing on the host emulator with tiny
+# sizes (no GPU needed; used to test this script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-results}"
+mkdir -p "$OUT"
+BUNDLE="${BUNDLE:-gpu-bundle}"
+PEAK_TFLOPS="${PEAK_TFLOPS:-989}"
+dry_run=0
+[[ "${1:-}" == "--dry-run" ]] && dry_run=1
+
+# CUDA libraries by soname (GPU.md): cuBLAS and NVRTC 13 from the toolkit or from PyTorch's
+# wheels; NCCL only as libnccl.so.2 inside the wheels, so a symlink under the name cudarc
+# looks for.
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
+libdir="$OUT/lib"
+mkdir -p "$libdir"
+if [[ -n "$site" && -e "$site/nvidia/nccl/lib/libnccl.so.2" ]]; then
+    ln -sf "$site/nvidia/nccl/lib/libnccl.so.2" "$libdir/libnccl.so"
+fi
+export LD_LIBRARY_PATH="$libdir:/usr/local/cuda/lib64:${site:+$site/nvidia/cu13/lib:}${LD_LIBRARY_PATH:-}"
+
+cim=("$BUNDLE/cim-cuda")
+model=vit-base batch=64 steps=20 pretrain_steps=60
+if ((dry_run)); then
+    export CIM_CUDA_EMULATE=1
+    model=micro batch=2 steps=2 pretrain_steps=4
+fi
+
+declare -A status
+part() { # name timeout command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name" >&2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    status[$name]=$rc
+    echo "   rc $rc in $((SECONDS - start)) s (log $OUT/$name.log)" >&2
+    tail -n 3 "$OUT/$name.log" >&2
+}
+
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
+
+if ((dry_run)); then
+    status[conformance_f32]=skipped
+else
+    part conformance_f32 300 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-conformance" --test-threads 1
+fi
+part selftest 180 "${cim[@]}" selftest --json "$OUT/selftest.json"
+part pretrain 300 "${cim[@]}" pretrain --recipe demo --data data/photos --out "$OUT/run" \
+    --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
+part bench_cim 300 "${cim[@]}" bench --model "$model" --batch "$batch" --steps "$steps" \
+    --peak-tflops "$PEAK_TFLOPS" --json "$OUT/bench-cim.json"
+
+flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
+    "$OUT/bench-cim.json" 2>/dev/null || echo 0)
+torch_device=cuda
+((dry_run)) && torch_device=cpu
+for mode in "eager none" "compile bf16"; do
+    set -- $mode
+    part "bench_torch_$1_$2" 600 python3 benches/pytorch/step_bench.py --device "$torch_device" \
+        --model "$model" --batch "$batch" --steps "$steps" --mode "$1" --amp "$2" \
+        --flops-per-image "$flops" --peak-tflops "$PEAK_TFLOPS"
+done
+
+python3 - "$OUT" "$(declare -p status)" <<'PY'
+import json, os, re, sys
+out = sys.argv[1]
+status = dict(re.findall(r'\[(\w+)\]="?([^" ]*)"?', sys.argv[2]))
+summary = {"status": status}
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+summary["bench_cim"] = load("bench-cim.json")
+for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
+    log = os.path.join(out, name + ".log")
+    lines = [l for l in open(log)] if os.path.exists(log) else []
+    summary[name] = next((json.loads(l) for l in reversed(lines) if l.startswith("{")), None)
+metrics = os.path.join(out, "run", "metrics.jsonl")
+if os.path.exists(metrics):
+    losses = [json.loads(l)["loss"] for l in open(metrics) if '"loss"' in l]
+    if losses:
+        k = max(1, len(losses) // 5)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        summary["pretrain"] = {"steps": len(losses), "loss_first_fifth": first,
+                               "loss_last_fifth": last, "loss_fell": last < first}
+cim = summary["bench_cim"] or {}
+for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
+    t = summary[name]
+    if cim.get("images_per_s") and t and t.get("images_per_s"):
+        summary["speedup_vs_" + name[len("bench_torch_"):]] = cim["images_per_s"] / t["images_per_s"]
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+print(json.dumps(summary, indent=2))
+PY
