@@ -74,6 +74,9 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
 }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+// The build does not contract a * b + c (-ffp-contract=off): a plain product is already
+// the correctly rounded, never-fused one.
+inline float __fmul_rn(float x, float y) { return x * y; }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 inline float __int_as_float(int i) {

@@ -151,7 +151,8 @@ extern "C" int cim_emu_launch(void (*kernel)(const void*), const void* params, u
     cim_emu_block_dim = {bx, by, bz};
     cim_emu_grid_dim = {gx, gy, gz};
     cim_emu_dynamic_smem = dynamic_smem.data();
-    int status = 0;
+    // volatile: the fibers' context switches look like setjmp to g++ (-Wclobbered).
+    volatile int status = 0;
     for (unsigned z = 0; z < gz && status == 0; z++)
         for (unsigned y = 0; y < gy && status == 0; y++)
             for (unsigned x = 0; x < gx && status == 0; x++) {

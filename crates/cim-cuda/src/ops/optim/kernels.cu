@@ -3,12 +3,6 @@
 // of squares behind the global gradient norm, a two-launch f64 reduction in a fixed
 // order; and clipping by that norm, read from device memory.
 
-#ifdef CIM_EMULATED
-// The host build does not contract a * b + c (-ffp-contract=off), so a plain product is
-// the correctly rounded one that __fmul_rn gives on the GPU.
-#define __fmul_rn(x, y) ((x) * (y))
-#endif
-
 // Partial sums of the first sum_squares launch, one per block, read by the second. A
 // module variable because the op has no scratch argument; the host queues the two
 // launches back to back under a lock, so no other reduction lands between them.
