@@ -10,8 +10,9 @@
 //! `build.rs` turns each kernel's parameter struct into Rust, so the two sides share one
 //! declaration.
 //!
-//! Buffers hold f32 ([`Precision::F32`]); reductions use fixed trees, never atomics, so the
-//! same inputs give the same bits on every run.
+//! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]) or with TF32 inputs on tensor
+//! cores ([`Precision::Tf32`], [`GemmMath`]). Reductions use fixed trees, never atomics, so
+//! the same inputs give the same bits on every run.
 
 use core::marker::PhantomData;
 use core::ops::Range;
@@ -24,7 +25,7 @@ mod ops;
 
 pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
-pub use device::{ColumnMajorGemm, Device, LaunchDims};
+pub use device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
 pub use error::CudaError;
 pub use ops::{compile_module, kernel_sources, nvrtc_unavailable_reason};
 
@@ -36,18 +37,26 @@ pub struct Cuda<D: Device> {
 }
 
 impl Cuda<Gpu> {
-    /// The backend on GPU `ordinal`; a clear error if CUDA or the GPU is missing.
+    /// The f32 backend on GPU `ordinal`; a clear error if CUDA or the GPU is missing.
     pub fn gpu(ordinal: usize) -> Result<Self, CudaError> {
-        Ok(Cuda {
-            device: Gpu::new(ordinal)?,
-        })
+        Self::gpu_with(ordinal, GemmMath::F32)
+    }
+
+    /// The backend on GPU `ordinal` with GEMMs in `gemm`'s math.
+    pub fn gpu_with(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
+        Ok(Cuda { device: Gpu::new(ordinal, gemm)? })
     }
 }
 
 impl Cuda<Emulator> {
-    /// The backend on the host emulator (no GPU needed).
+    /// The f32 backend on the host emulator (no GPU needed).
     pub fn emulated() -> Self {
-        Cuda { device: Emulator }
+        Self::emulated_with(GemmMath::F32)
+    }
+
+    /// The backend on the host emulator with GEMMs in `gemm`'s math.
+    pub fn emulated_with(gemm: GemmMath) -> Self {
+        Cuda { device: Emulator { gemm } }
     }
 }
 
@@ -279,6 +288,6 @@ impl<D: Device> Backend for Cuda<D> {
     }
 
     fn precision(&self) -> Precision {
-        Precision::F32
+        self.device.gemm_math().precision()
     }
 }

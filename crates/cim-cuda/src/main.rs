@@ -1,12 +1,13 @@
 //! The `cim-cuda` binary: CIM pre-training and its tools on the GPU, with the same CLI as
 //! `cim-cpu` (cim-train's). `pretrain` runs the preflight first (`--preflight off` skips it).
 //!
-//! The GPU is `CIM_CUDA_DEVICE`, else `LOCAL_RANK` (as torchrun sets it), else 0.
+//! The GPU is `CIM_CUDA_DEVICE`, else `LOCAL_RANK` (as torchrun sets it), else 0. GEMMs
+//! run in f32 unless `CIM_CUDA_GEMM=tf32` (tensor cores, TF32 inputs, f32 accumulation).
 //! `CIM_CUDA_EMULATE=1` runs everything on the host emulator instead: slow, but it runs
 //! the very kernel sources on a machine without a GPU.
 
 use anyhow::{Context, Result, anyhow};
-use cim_cuda::Cuda;
+use cim_cuda::{Cuda, GemmMath};
 use cim_train::cli::{BinaryDefaults, main as cli_main};
 
 fn device_ordinal() -> Result<usize> {
@@ -23,13 +24,14 @@ fn device_ordinal() -> Result<usize> {
 
 fn main() -> Result<()> {
     let defaults = BinaryDefaults { preflight: true };
+    let gemm = GemmMath::from_env().map_err(|e| anyhow!("cim-cuda: {e}"))?;
     if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
-        return cli_main(|| Ok(Cuda::emulated()), defaults);
+        return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults);
     }
     cli_main(
         || {
             let ordinal = device_ordinal()?;
-            Cuda::gpu(ordinal).map_err(|e| anyhow!("cim-cuda: {e}"))
+            Cuda::gpu_with(ordinal, gemm).map_err(|e| anyhow!("cim-cuda: {e}"))
         },
         defaults,
     )

@@ -53,6 +53,11 @@ pub enum Precision {
     F32,
     /// bf16 activations and GEMM inputs, f32 accumulation, f32 master weights.
     Bf16Mixed,
+    /// f32 storage and arithmetic, except that GEMM inputs are rounded to TF32 (10
+    /// mantissa bits) for tensor cores, with f32 accumulation. Compared under the bf16
+    /// column: its bounds assume 8 mantissa bits on the same GEMM inputs, and every other
+    /// op is f32.
+    Tf32,
 }
 
 /// Device memory: buffers, views into them, transfers and synchronisation.

@@ -5,7 +5,7 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
-use crate::device::{ColumnMajorGemm, Device, LaunchDims};
+use crate::device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams};
 
@@ -27,7 +27,18 @@ unsafe extern "C" {
 
 /// The emulated device. Launches from different threads are independent.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Emulator;
+pub struct Emulator {
+    pub(crate) gemm: GemmMath,
+}
+
+/// `x` rounded to TF32 (10 mantissa bits, to nearest, ties away from zero), as tensor
+/// cores see an f32 input; infinities and NaN pass unchanged.
+fn round_to_tf32(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    f32::from_bits((x.to_bits() + 0x1000) & !0x1fff)
+}
 
 /// Host memory in 16-byte units (the alignment of float4 loads in kernels).
 pub struct HostAlloc(Box<[u128]>);
@@ -52,7 +63,14 @@ impl Device for Emulator {
     }
 
     fn name(&self) -> &str {
-        "cuda-emulated"
+        match self.gemm {
+            GemmMath::F32 => "cuda-emulated",
+            GemmMath::Tf32 => "cuda-emulated-tf32",
+        }
+    }
+
+    fn gemm_math(&self) -> GemmMath {
+        self.gemm
     }
 
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
@@ -112,6 +130,10 @@ impl Device for Emulator {
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
         let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+        let input = match self.gemm {
+            GemmMath::F32 => |x: f32| x,
+            GemmMath::Tf32 => round_to_tf32,
+        };
         for batch in 0..g.batch {
             for j in 0..g.n {
                 for i in 0..g.m {
@@ -130,8 +152,8 @@ impl Device for Emulator {
                         // SAFETY: the caller guarantees A and B hold every element the
                         // column-major description reaches.
                         unsafe {
-                            sum += *a.add(batch * g.stride_a + a_ip)
-                                * *b.add(batch * g.stride_b + b_pj);
+                            sum += input(*a.add(batch * g.stride_a + a_ip))
+                                * input(*b.add(batch * g.stride_b + b_pj));
                         }
                     }
                     // SAFETY: as above, for C.

@@ -11,7 +11,7 @@ use cudarc::driver::result as driver;
 use cudarc::driver::sys::{CUdeviceptr, CUfunction, CUfunction_attribute, cudaError_enum};
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
 
-use crate::device::{ColumnMajorGemm, Device, LaunchDims};
+use crate::device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams, compile_module};
 
@@ -55,6 +55,7 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: cublas::sys::cublasHandle_t,
+    gemm: GemmMath,
     arch: &'static str,
     name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -69,8 +70,8 @@ unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
-    /// Opens GPU `ordinal`: context, stream, cuBLAS handle.
-    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+    /// Opens GPU `ordinal`: context, stream, cuBLAS handle with `gemm`'s math mode.
+    pub fn new(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
         if let Some(reason) = gpu_unavailable_reason() {
             return Err(CudaError::device(format!("no usable GPU: {reason}")));
         }
@@ -88,14 +89,28 @@ impl Gpu {
         // SAFETY: the handle was just created; the stream lives as long as `self`.
         unsafe { cublas::result::set_stream(blas, stream.cu_stream() as _) }
             .map_err(|e| CudaError::device(format!("binding cuBLAS to the stream: {e}")))?;
+        let math = match gemm {
+            // Never TF32, whatever NVIDIA_TF32_OVERRIDE says: the f32 column assumes it.
+            GemmMath::F32 => cublas::sys::cublasMath_t::CUBLAS_PEDANTIC_MATH,
+            GemmMath::Tf32 => cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a valid handle and a math mode of the enum.
+        let status = unsafe { cublas::sys::cublasSetMathMode(blas, math) };
+        if status != cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(CudaError::device(format!("setting cuBLAS math mode {math:?}: {status:?}")));
+        }
         // NVRTC takes the architecture as &'static str; one short string per opened GPU.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         Ok(Gpu {
             ctx,
             stream,
             blas,
+            gemm,
             arch,
-            name: format!("cuda:{ordinal} ({name}, {arch})"),
+            name: format!(
+                "cuda:{ordinal} ({name}, {arch}{})",
+                if gemm == GemmMath::Tf32 { ", tf32" } else { "" }
+            ),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         })
@@ -186,6 +201,10 @@ impl Device for Gpu {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn gemm_math(&self) -> GemmMath {
+        self.gemm
     }
 
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {

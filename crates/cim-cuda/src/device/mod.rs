@@ -8,8 +8,41 @@
 pub(crate) mod emu;
 pub(crate) mod gpu;
 
+use cim_spec::backend::Precision;
+
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams};
+
+/// How the device's GEMMs treat their f32 inputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmMath {
+    /// Plain f32 products (CUDA cores): the tight f32 tolerance column.
+    #[default]
+    F32,
+    /// Inputs rounded to TF32 for tensor cores, f32 accumulation ([`Precision::Tf32`]).
+    Tf32,
+}
+
+impl GemmMath {
+    /// From `CIM_CUDA_GEMM` (`f32`, the default, or `tf32`); a message naming the bad value.
+    pub fn from_env() -> Result<Self, CudaError> {
+        match std::env::var("CIM_CUDA_GEMM").as_deref() {
+            Err(_) | Ok("f32") => Ok(GemmMath::F32),
+            Ok("tf32") => Ok(GemmMath::Tf32),
+            Ok(other) => Err(CudaError::invalid(format!(
+                "CIM_CUDA_GEMM={other:?}: expected f32 or tf32"
+            ))),
+        }
+    }
+
+    /// The precision a backend with this GEMM reports.
+    pub fn precision(self) -> Precision {
+        match self {
+            GemmMath::F32 => Precision::F32,
+            GemmMath::Tf32 => Precision::Tf32,
+        }
+    }
+}
 
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +139,8 @@ pub trait Device: 'static {
     fn address(alloc: &Self::Alloc) -> u64;
     /// The device's name (for `Backend::name` and reports).
     fn name(&self) -> &str;
+    /// How its GEMMs round their inputs.
+    fn gemm_math(&self) -> GemmMath;
 
     /// Copies `src` to device address `dst`.
     ///
