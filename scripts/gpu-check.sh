@@ -2,10 +2,12 @@
 # The whole GPU check, from prebuilt binaries (scripts/gpu-bundle.sh), on a machine with
 # CUDA 13, PyTorch and no Rust toolchain. Run from the repository root; writes everything
 # under $OUT (default: gpu-results/), and a summary.json that says what passed:
-#   1. the conformance suite and whole micro steps on the GPU (f32), CIM_REQUIRE_GPU=1;
+#   1. the conformance suite and whole micro steps on the GPU, with f32 GEMMs and with TF32
+#      tensor-core GEMMs (bf16 tolerance column), CIM_REQUIRE_GPU=1;
 #   2. `cim-cuda selftest` (the preflight alone), as JSON;
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
-#   4. the benchmark: our ViT-B/16 CIM step, and the same step in PyTorch on the same card,
+#   4. the benchmark: our ViT-B/16 CIM step (f32 and TF32 GEMMs), and the same step in
+#      PyTorch on the same card,
 #      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
 #      torch.compile): images/s and MFU against the dense bf16 peak.
 # Each part runs under its own time limit and the script goes on after a failure, so one
@@ -53,27 +55,36 @@ part() { # name timeout command...
 
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
 
+# Most telling first, each under a limit, so the whole run fits one device call (10 min)
+# and a part that overruns costs only itself.
 if ((dry_run)); then
     status[conformance_f32]=skipped
 else
-    part conformance_f32 300 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-conformance" --test-threads 1
+    part conformance_f32 150 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-conformance" --test-threads 1
 fi
-part selftest 180 "${cim[@]}" selftest --json "$OUT/selftest.json"
-part pretrain 300 "${cim[@]}" pretrain --recipe demo --data data/photos --out "$OUT/run" \
-    --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
-part bench_cim 300 "${cim[@]}" bench --model "$model" --batch "$batch" --steps "$steps" \
+part bench_cim 90 "${cim[@]}" bench --model "$model" --batch "$batch" --steps "$steps" \
     --peak-tflops "$PEAK_TFLOPS" --json "$OUT/bench-cim.json"
-
+part bench_cim_tf32 90 env CIM_CUDA_GEMM=tf32 "${cim[@]}" bench --model "$model" --batch "$batch" \
+    --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --json "$OUT/bench-cim-tf32.json"
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
     "$OUT/bench-cim.json" 2>/dev/null || echo 0)
 torch_device=cuda
 ((dry_run)) && torch_device=cpu
-for mode in "eager none" "compile bf16"; do
-    set -- $mode
-    part "bench_torch_$1_$2" 600 python3 benches/pytorch/step_bench.py --device "$torch_device" \
+torch_bench() { # mode amp limit
+    part "bench_torch_$1_$2" "$3" python3 benches/pytorch/step_bench.py --device "$torch_device" \
         --model "$model" --batch "$batch" --steps "$steps" --mode "$1" --amp "$2" \
         --flops-per-image "$flops" --peak-tflops "$PEAK_TFLOPS"
-done
+}
+torch_bench eager none 90
+part pretrain 120 "${cim[@]}" pretrain --recipe demo --data data/photos --out "$OUT/run" \
+    --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
+part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
+torch_bench compile bf16 200
+if ((dry_run)); then
+    status[conformance_tf32]=skipped
+else
+    part conformance_tf32 150 env CIM_REQUIRE_GPU=1 CIM_CUDA_GEMM=tf32 "$BUNDLE/gpu-conformance" --test-threads 1
+fi
 
 python3 - "$OUT" "$(declare -p status)" <<'PY'
 import json, os, re, sys
@@ -84,6 +95,7 @@ def load(name):
     path = os.path.join(out, name)
     return json.load(open(path)) if os.path.exists(path) else None
 summary["bench_cim"] = load("bench-cim.json")
+summary["bench_cim_tf32"] = load("bench-cim-tf32.json")
 for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
     log = os.path.join(out, name + ".log")
     lines = [l for l in open(log)] if os.path.exists(log) else []
@@ -96,11 +108,13 @@ if os.path.exists(metrics):
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         summary["pretrain"] = {"steps": len(losses), "loss_first_fifth": first,
                                "loss_last_fifth": last, "loss_fell": last < first}
-cim = summary["bench_cim"] or {}
-for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
-    t = summary[name]
-    if cim.get("images_per_s") and t and t.get("images_per_s"):
-        summary["speedup_vs_" + name[len("bench_torch_"):]] = cim["images_per_s"] / t["images_per_s"]
+for ours in ("bench_cim", "bench_cim_tf32"):
+    cim = summary[ours] or {}
+    for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
+        t = summary[name]
+        if cim.get("images_per_s") and t and t.get("images_per_s"):
+            key = f"speedup_{ours[len('bench_'):]}_vs_torch_{name[len('bench_torch_'):]}"
+            summary[key] = cim["images_per_s"] / t["images_per_s"]
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PY
