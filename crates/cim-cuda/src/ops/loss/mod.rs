@@ -1,9 +1,49 @@
-//! [`MapLossOps`] on the device (placeholder).
-use cim_spec::backend::{MapLossArgs, MapLossOps};
+//! [`MapLossOps`] on the device (S5): the five map losses, forward as a two-pass fixed-tree
+//! reduction to the scalar loss, backward as one block per map; cim-spec's per-pixel
+//! formulas evaluated in f64 (see `kernels.cu`).
 
-use crate::device::Device;
+use std::sync::Mutex;
+
+use cim_spec::backend::{MapLossArgs, MapLossOps};
+use cim_spec::loss::MapLoss;
+
+use super::kernels::loss as k;
+use crate::device::{Device, LaunchDims};
 use crate::error::CudaError;
 use crate::{Cuda, DeviceView, DeviceViewMut};
+
+/// Most threads given to one map.
+const MAP_THREADS: u32 = 256;
+/// Blocks of the forward's first pass: `MAP_LOSS_MAX_PARTIALS` of the kernels, the size of
+/// their partial-sum array.
+const MAX_PARTIALS: usize = 4096;
+/// Most blocks of the backward; each loops over the maps beyond.
+const MAX_MAP_BLOCKS: usize = 1 << 16;
+/// Threads of the forward's second pass, which adds at most [`MAX_PARTIALS`] values.
+const TOTAL_THREADS: u32 = 256;
+
+/// Held while the forward's two passes are queued: their partial sums live in the kernel
+/// module (one array per loaded module), so another thread's forward on the same backend
+/// must not queue its first pass between them. The device's one stream then runs each
+/// pair back to back.
+static FORWARD_PASSES: Mutex<()> = Mutex::new(());
+
+/// The kind's number in `kernels.cu` (`MAP_LOSS_*`) and the focal parameters.
+fn kind_code(kind: MapLoss) -> (i32, f64, f64) {
+    match kind {
+        MapLoss::SoftmaxCrossEntropy => (0, 0.0, 0.0),
+        MapLoss::BinaryCrossEntropy => (1, 0.0, 0.0),
+        MapLoss::BalancedBinaryCrossEntropy => (2, 0.0, 0.0),
+        MapLoss::MeanSquaredError => (3, 0.0, 0.0),
+        MapLoss::Focal { alpha, gamma } => (4, alpha, gamma),
+    }
+}
+
+/// One block per map (up to `max_blocks`), whole warps covering the map's pixels.
+fn per_map(maps: usize, pixels: usize, max_blocks: usize) -> LaunchDims {
+    let threads = (pixels.div_ceil(32) * 32).clamp(32, MAP_THREADS as usize) as u32;
+    LaunchDims::rows(maps.min(max_blocks), threads)
+}
 
 impl<D: Device> MapLossOps for Cuda<D> {
     fn map_loss_forward(
@@ -13,7 +53,32 @@ impl<D: Device> MapLossOps for Cuda<D> {
         target: DeviceView<'_>,
         args: &MapLossArgs,
     ) -> Result<(), CudaError> {
-        todo!()
+        let (kind, alpha, gamma) = kind_code(args.kind);
+        let partials = args.maps.min(MAX_PARTIALS);
+        let _queued_together = FORWARD_PASSES.lock().unwrap_or_else(|p| p.into_inner());
+        if partials > 0 {
+            let params = k::MapLossPartialsArgs {
+                logits: logits.ptr(),
+                target: target.ptr(),
+                maps: args.maps as i64,
+                pixels: args.pixels as i64,
+                kind,
+                alpha,
+                gamma,
+            };
+            let dims = per_map(args.maps, args.pixels, MAX_PARTIALS);
+            self.launch(&k::MAP_LOSS_PARTIALS, dims, params)?;
+        }
+        let params = k::MapLossTotalArgs {
+            loss: loss.ptr(),
+            partials: partials as i64,
+            scale: f64::from(args.scale),
+        };
+        self.launch(
+            &k::MAP_LOSS_TOTAL,
+            LaunchDims::rows(1, TOTAL_THREADS),
+            params,
+        )
     }
 
     fn map_loss_backward(
@@ -23,6 +88,22 @@ impl<D: Device> MapLossOps for Cuda<D> {
         target: DeviceView<'_>,
         args: &MapLossArgs,
     ) -> Result<(), CudaError> {
-        todo!()
+        if dlogits.len() == 0 {
+            return Ok(());
+        }
+        let (kind, alpha, gamma) = kind_code(args.kind);
+        let params = k::MapLossBackwardArgs {
+            dlogits: dlogits.ptr(),
+            logits: logits.ptr(),
+            target: target.ptr(),
+            maps: args.maps as i64,
+            pixels: args.pixels as i64,
+            kind,
+            alpha,
+            gamma,
+            factor: f64::from(args.scale) / args.pixels as f64,
+        };
+        let dims = per_map(args.maps, args.pixels, MAX_MAP_BLOCKS);
+        self.launch(&k::MAP_LOSS_BACKWARD, dims, params)
     }
 }
