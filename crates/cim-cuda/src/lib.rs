@@ -44,7 +44,9 @@ impl Cuda<Gpu> {
 
     /// The backend on GPU `ordinal` with GEMMs in `gemm`'s math.
     pub fn gpu_with(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
-        Ok(Cuda { device: Gpu::new(ordinal, gemm)? })
+        Ok(Cuda {
+            device: Gpu::new(ordinal, gemm)?,
+        })
     }
 }
 
@@ -56,7 +58,9 @@ impl Cuda<Emulator> {
 
     /// The backend on the host emulator with GEMMs in `gemm`'s math.
     pub fn emulated_with(gemm: GemmMath) -> Self {
-        Cuda { device: Emulator { gemm } }
+        Cuda {
+            device: Emulator { gemm },
+        }
     }
 }
 

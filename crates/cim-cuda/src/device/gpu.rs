@@ -97,7 +97,9 @@ impl Gpu {
         // SAFETY: a valid handle and a math mode of the enum.
         let status = unsafe { cublas::sys::cublasSetMathMode(blas, math) };
         if status != cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(CudaError::device(format!("setting cuBLAS math mode {math:?}: {status:?}")));
+            return Err(CudaError::device(format!(
+                "setting cuBLAS math mode {math:?}: {status:?}"
+            )));
         }
         // NVRTC takes the architecture as &'static str; one short string per opened GPU.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
