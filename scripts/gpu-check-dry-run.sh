@@ -5,10 +5,11 @@
 # The PyTorch parts run only where torch is installed, and are not required here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/fetch-sample-data.sh >/dev/null
 cargo build --release -p cim-cuda --bin cim-cuda
 out=target/gpu-check-dry-run
 rm -rf "$out"
-OUT="$out" BUNDLE=target/release scripts/gpu-check.sh --dry-run >/dev/null
+OUT="$out" BUNDLE="${CARGO_TARGET_DIR:-target}/release" scripts/gpu-check.sh --dry-run >/dev/null
 python3 - "$out/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
