@@ -4,7 +4,9 @@
 //!
 //! Buffers are plain `Vec<f32>` and views are slices, so memory ops are copies and the
 //! backend cannot fail once its arguments are valid ([`HostError`] only reports shapes).
-//! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size).
+//! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size),
+//! reached through a resident job ([`resident`]) rather than rayon's injector, which
+//! allocates.
 //!
 //! Determinism: every output element is computed by exactly one task, and every sum
 //! that spans tasks (bias and LayerNorm parameter gradients, the loss, the norm) is cut
@@ -31,11 +33,14 @@ mod math;
 mod norm;
 mod optim;
 mod par;
+mod resident;
 mod tokens;
 
 /// The fast CPU backend: f32 everywhere, GEMM through matrixmultiply, threads through a
 /// private rayon pool.
 pub struct Cpu {
+    // Declared first so that it is dropped first: its loop ends before the pool goes.
+    resident: resident::Resident,
     pool: rayon::ThreadPool,
 }
 
@@ -53,7 +58,8 @@ impl Cpu {
             .thread_name(|i| format!("cim-cpu-{i}"))
             .build()
             .expect("the operating system refused to start the worker threads");
-        Cpu { pool }
+        let resident = resident::Resident::start(&pool);
+        Cpu { resident, pool }
     }
 
     /// Worker threads in the pool.
@@ -61,9 +67,15 @@ impl Cpu {
         self.pool.current_num_threads()
     }
 
-    /// Runs `f` inside the backend's pool, so its parallel iterators use these workers.
+    /// Runs `f` inside the backend's pool, so its parallel iterators use these workers:
+    /// directly when called from one of them, otherwise on the resident worker.
     pub(crate) fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        if self.pool.current_thread_index().is_some() {
+            return f();
+        }
+        let (mut f, mut out) = (Some(f), None);
+        self.resident.run(&mut || out = f.take().map(|f| f()));
+        out.expect("the resident ran the closure")
     }
 
     /// [`Cpu::run`] for work over `len` elements cut into chunks of `chunk` by
@@ -76,11 +88,7 @@ impl Cpu {
         chunk: usize,
         f: impl FnOnce() -> R + Send,
     ) -> R {
-        if len <= chunk {
-            f()
-        } else {
-            self.pool.install(f)
-        }
+        if len <= chunk { f() } else { self.run(f) }
     }
 }
 
