@@ -6,7 +6,8 @@
 //! backend cannot fail once its arguments are valid ([`HostError`] only reports shapes).
 //! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size),
 //! reached through a resident job ([`resident`]) rather than rayon's injector, which
-//! allocates.
+//! allocates. Scratch (partial sums, taps, columns) lives in per-thread buffers that
+//! keep their largest size ([`par::Lease`]).
 //!
 //! Determinism: every output element is computed by exactly one task, and every sum
 //! that spans tasks (bias and LayerNorm parameter gradients, the loss, the norm) is cut
@@ -81,7 +82,8 @@ impl Cpu {
     /// [`Cpu::run`] for work over `len` elements cut into chunks of `chunk` by
     /// [`par::for_chunks`]: a single chunk runs on the calling thread, which saves the
     /// pool's wake-up (tens of microseconds) on small ops. `f` may use parallel
-    /// iterators only through `for_chunks`, which stays serial for one chunk.
+    /// iterators only through `for_chunks` and its variants in [`par`], which stay
+    /// serial for one chunk.
     pub(crate) fn run_chunked<R: Send>(
         &self,
         len: usize,
