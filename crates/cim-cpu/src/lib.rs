@@ -1,13 +1,12 @@
 //! The fast CPU backend (issue 3): every op of the cim-spec contract in f32, with a SIMD
-//! GEMM (matrixmultiply's AVX-512/AVX2 kernels) and threads from one rayon pool per
-//! backend.
+//! GEMM (packed AVX-512/AVX2 kernels) and threads from one rayon pool per backend.
 //!
 //! Buffers are plain `Vec<f32>` and views are slices, so memory ops are copies and the
 //! backend cannot fail once its arguments are valid ([`HostError`] only reports shapes).
 //! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size),
 //! reached through a resident job ([`resident`]) rather than rayon's injector, which
-//! allocates. Scratch (partial sums, taps, columns) lives in per-thread buffers that
-//! keep their largest size ([`par::Lease`]).
+//! allocates. Scratch (partial sums, taps, columns, the GEMM's packed panels) lives in
+//! per-thread buffers that keep their largest size ([`par::Lease`]).
 //!
 //! Determinism: every output element is computed by exactly one task, and every sum
 //! that spans tasks (bias and LayerNorm parameter gradients, the loss, the norm) is cut
@@ -35,10 +34,11 @@ mod norm;
 mod optim;
 mod par;
 mod resident;
+mod sgemm;
 mod tokens;
 
-/// The fast CPU backend: f32 everywhere, GEMM through matrixmultiply, threads through a
-/// private rayon pool.
+/// The fast CPU backend: f32 everywhere, packed SIMD GEMM, threads through a private
+/// rayon pool.
 pub struct Cpu {
     // Declared first so that it is dropped first: its loop ends before the pool goes.
     resident: resident::Resident,
@@ -59,6 +59,9 @@ impl Cpu {
             .thread_name(|i| format!("cim-cpu-{i}"))
             .build()
             .expect("the operating system refused to start the worker threads");
+        // Every worker takes its packing buffer now (and has started when this returns),
+        // so none allocates in the middle of a step; then one of them turns resident.
+        pool.broadcast(|_| sgemm::reserve_packing());
         let resident = resident::Resident::start(&pool);
         Cpu { resident, pool }
     }

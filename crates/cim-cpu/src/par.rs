@@ -83,11 +83,12 @@ pub(crate) type Home<T> = Cell<Vec<T>>;
 /// fresh buffer, so each use site has a home of its own.
 ///
 /// Leases are taken by the thread that calls an op or runs it on the pool's resident
-/// worker, whose requests are the same on every training step, so each buffer
-/// reaches its final size within the first step. Tasks on the other workers do not take
-/// their own: which worker runs which task varies from call to call, so a worker could
-/// first meet the largest task long after warm-up. Per-task scratch is cut from the
-/// caller's lease instead ([`for_chunks_with`]).
+/// worker, whose requests are the same on every training step, so each buffer reaches
+/// its final size within the first step. Tasks on the other workers do not take their
+/// own: which worker runs which task varies from call to call, so a worker could first
+/// meet the largest task long after warm-up. Per-task scratch is cut from the caller's
+/// lease instead ([`for_chunks_with`]); the GEMM's fixed-size packing buffer is the one
+/// exception, reserved on every worker when the backend is built.
 pub(crate) struct Lease<T: 'static> {
     buf: Vec<T>,
     len: usize,
