@@ -1,10 +1,10 @@
 //! Multi-head self- and cross-attention (S3, S4), one task per sequence.
 //!
-//! Each head's products are single-threaded matrixmultiply calls that read q, k and v in
-//! place through row strides (no copies out of the packed qkv or kv tensors), with the
-//! softmax (and its backward) on the score rows in between. (Plain loops of dot
+//! Each head's products are single-threaded [`crate::sgemm`] calls that read q, k and v
+//! in place through row strides (no copies out of the packed qkv or kv tensors), with
+//! the softmax (and its backward) on the score rows in between. (Plain loops of dot
 //! products over `head_dim` were tried for these short sequences and were 2-3x slower:
-//! the per-pair horizontal sums cost more than matrixmultiply's packing.) A task owns
+//! the per-pair horizontal sums cost more than the packing.) A task owns
 //! its sequence's slices of every output (and of `probs` and `scratch`), so no element
 //! is written by two tasks and all sums run in a fixed order: the results do not depend
 //! on scheduling. Self-attention is cross-attention whose q, k and v are the three
@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use crate::Cpu;
 use crate::math;
 use crate::par::multiversion;
+use crate::sgemm::{Shape, Strided, sgemm};
 
 /// Where one operand lives inside a sequence's slice: channel c of head h of token t is
 /// at `t * ld + off + h * head_dim + c`.
@@ -184,29 +185,25 @@ fn small_gemm(
         ac <= a_mat.ld && bc <= b_mat.ld && n <= c_mat.ld,
         "attention: overlapping rows"
     );
-    let (rsa, csa) = if ta { (1, a_mat.ld) } else { (a_mat.ld, 1) };
-    let (rsb, csb) = if tb { (1, b_mat.ld) } else { (b_mat.ld, 1) };
+    let (rs, cs) = if ta { (1, a_mat.ld) } else { (a_mat.ld, 1) };
+    let a_op = Strided {
+        ptr: a[a_mat.at..].as_ptr(),
+        rs,
+        cs,
+    };
+    let (rs, cs) = if tb { (1, b_mat.ld) } else { (b_mat.ld, 1) };
+    let b_op = Strided {
+        ptr: b[b_mat.at..].as_ptr(),
+        rs,
+        cs,
+    };
+    let c0 = c[c_mat.at..].as_mut_ptr();
     // SAFETY: the asserts above show that every element of A, B and C (rows of their
     // strides, which are at least as long as the rows, so rows do not overlap) lies
     // inside its slice; `c` is borrowed exclusively and A, B are shared borrows of other
     // slices, so C overlaps neither. With beta 0 C is only written.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr().add(a_mat.at),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr().add(b_mat.at),
-            rsb as isize,
-            csb as isize,
-            0.0,
-            c.as_mut_ptr().add(c_mat.at),
-            c_mat.ld as isize,
-            1,
-        );
+        sgemm(Shape { m, n, k }, alpha, a_op, b_op, 0.0, c0, c_mat.ld);
     }
 }
 

@@ -11,16 +11,26 @@
 //! im2col gather of the output gradient, one GEMM for the input gradient, and
 //! fixed-size blocks of per-map weight-gradient GEMMs whose results are added in f64 in
 //! map order. Every split depends on the shapes only, so the bits do not depend on the
-//! thread count.
+//! thread count. Columns, per-map products and sums live in reused per-thread buffers.
+
+use core::cell::Cell;
 
 use cim_spec::backend::{Conv, ConvTransposeArgs, Elementwise, GemmArgs, XcorrArgs};
 use cim_spec::error::HostError;
-use rayon::prelude::*;
 
 use crate::Cpu;
-use crate::elementwise::GRAIN;
+use crate::elementwise::{COLS, GRAIN};
 use crate::gemm;
-use crate::par::{for_chunks, multiversion, rows_per_task};
+use crate::par::{Home, Lease, for_chunk_pairs, for_chunks, multiversion, rows_per_task};
+
+thread_local! {
+    /// The transposed convolution's columns (forward) or their gradient (backward).
+    static COLUMNS: Home<f32> = const { Cell::new(Vec::new()) };
+    /// A block of per-map weight-gradient products of the transposed convolution.
+    static MAP_PRODUCTS: Home<f32> = const { Cell::new(Vec::new()) };
+    /// Their f64 sum over the maps.
+    static WEIGHT_SUMS: Home<f64> = const { Cell::new(Vec::new()) };
+}
 
 /// Maps whose weight-gradient products are computed at once (bounds the scratch to
 /// this many `C_in x C_out k k` matrices).
@@ -50,39 +60,17 @@ fn tap(i: usize, u: usize, pad: usize, len: usize) -> Option<usize> {
     (i + u).checked_sub(pad).filter(|&y| y < len)
 }
 
-/// Runs `f(first_map, out_chunk, second_chunk)` over two outputs split by whole maps of
-/// `len_a` and `len_b` elements, `per` maps per task, in parallel when there is more than
-/// one task (inside the pool).
-fn for_map_pairs<F>(a: &mut [f32], b: &mut [f32], len_a: usize, len_b: usize, per: usize, f: F)
-where
-    F: Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
-{
-    let (ca, cb) = ((per * len_a).max(1), (per * len_b).max(1));
-    if a.len() <= ca {
-        f(0, a, b);
-    } else {
-        a.par_chunks_mut(ca)
-            .zip(b.par_chunks_mut(cb))
-            .enumerate()
-            .for_each(|(i, (x, y))| f(i * per, x, y));
-    }
-}
-
-/// For each output index along one axis of a transposed convolution, the (input index,
-/// kernel tap) pairs that reach it, in increasing input order: `o = i s - p + k_`.
-fn deconv_taps(inp: usize, out: usize, a: &ConvTransposeArgs) -> Vec<Vec<(usize, usize)>> {
-    (0..out)
-        .map(|o| {
-            (0..inp)
-                .filter_map(|i| {
-                    (o + a.padding)
-                        .checked_sub(i * a.stride)
-                        .filter(|&k| k < a.kernel)
-                        .map(|k| (i, k))
-                })
-                .collect()
-        })
-        .collect()
+/// The (input index, kernel tap) pairs that reach output `o` along one axis of a
+/// transposed convolution over `inp` inputs (`o = i s - p + k`), in increasing input
+/// order.
+fn deconv_taps(
+    o: usize,
+    inp: usize,
+    a: &ConvTransposeArgs,
+) -> impl Iterator<Item = (usize, usize)> {
+    let reach = o + a.padding;
+    let first = (reach + 1).saturating_sub(a.kernel).div_ceil(a.stride);
+    (first..inp.min(reach / a.stride + 1)).map(move |i| (i, reach - i * a.stride))
 }
 
 impl Conv for Cpu {
@@ -150,7 +138,6 @@ impl Conv for Cpu {
         // Both gradients cost about one forward each.
         let per = rows_per_task(2 * map * kh * kw, GRAIN);
         let work = |n0: usize, dxc: &mut [f32], dtc: &mut [f32]| {
-            let mut sums = vec![0.0f64; c];
             for (m, (dxm, dtm)) in dxc
                 .chunks_exact_mut(map)
                 .zip(dtc.chunks_exact_mut(kernel))
@@ -183,29 +170,34 @@ impl Conv for Cpu {
                 }
                 // dt: tap (u, v) carried input (i + u - ph, j + v - pw) to output (i, j);
                 // a sum over the whole map, in f64.
+                // Channels go in blocks of stack accumulators.
                 let (head, taps) = dtm.split_at_mut(c);
                 head.fill(0.0);
                 for (q, out) in taps.chunks_exact_mut(c).enumerate() {
                     let (u, v) = (q / kw, q % kw);
-                    sums.fill(0.0);
-                    for i in 0..h {
-                        let Some(y) = tap(i, u, ph, h) else { continue };
-                        for j in 0..w {
-                            let Some(xx) = tap(j, v, pw, w) else { continue };
-                            let g = (1 + i * w + j) * c;
-                            let src = (1 + y * w + xx) * c;
-                            mul_add_f64(&mut sums, &gm[g..g + c], &xm[src..src + c]);
+                    for (blk, out) in out.chunks_mut(COLS).enumerate() {
+                        let mut sums = [0.0f64; COLS];
+                        let (sums, lo) = (&mut sums[..out.len()], blk * COLS);
+                        for i in 0..h {
+                            let Some(y) = tap(i, u, ph, h) else { continue };
+                            for j in 0..w {
+                                let Some(xx) = tap(j, v, pw, w) else { continue };
+                                let g = (1 + i * w + j) * c + lo;
+                                let src = (1 + y * w + xx) * c + lo;
+                                let n = sums.len();
+                                mul_add_f64(sums, &gm[g..g + n], &xm[src..src + n]);
+                            }
                         }
+                        let scale = f64::from(a.scale);
+                        out.iter_mut()
+                            .zip(sums.iter())
+                            .for_each(|(o, &s)| *o = (scale * s) as f32);
                     }
-                    let scale = f64::from(a.scale);
-                    out.iter_mut()
-                        .zip(&sums)
-                        .for_each(|(o, &s)| *o = (scale * s) as f32);
                 }
             }
         };
         self.run_chunked(dx.len(), per * map, || {
-            for_map_pairs(dx, dt, map, kernel, per, work);
+            for_chunk_pairs(dx, dt, (map, kernel), per, work);
         });
         Ok(())
     }
@@ -227,7 +219,8 @@ impl Conv for Cpu {
         // Columns: cols[n, pixel, (o, ky, kx)] = sum_c x[n, 1 + pixel, c] weight[c, (o, ky, kx)];
         // the view from token 1 of map 0 with a stride of one token map skips the class
         // tokens.
-        let mut cols = vec![0.0f32; a.batch * hw * ck];
+        // Every element is written by the product (beta 0).
+        let mut cols = Lease::new(&COLUMNS, a.batch * hw * ck);
         let args = GemmArgs {
             batch: a.batch,
             m: hw,
@@ -244,8 +237,6 @@ impl Conv for Cpu {
         let xs = &x[ci..];
         gemm::check(cols.len(), xs.len(), weight.len(), &args)?;
         let threads = self.threads();
-        let rows = deconv_taps(h, oh, a);
-        let colsx = deconv_taps(w, ow, a);
         let plane = oh * ow;
         let per = rows_per_task(co * plane * 4, GRAIN);
         self.run(|| {
@@ -257,8 +248,8 @@ impl Conv for Cpu {
                         for (oy, orow) in op.chunks_exact_mut(ow).enumerate() {
                             for (ox, v) in orow.iter_mut().enumerate() {
                                 let mut s = 0.0f32;
-                                for &(iy, ky) in &rows[oy] {
-                                    for &(ix, kx) in &colsx[ox] {
+                                for (iy, ky) in deconv_taps(oy, h, a) {
+                                    for (ix, kx) in deconv_taps(ox, w, a) {
                                         s += cm[(iy * w + ix) * ck + (o * k + ky) * k + kx];
                                     }
                                 }
@@ -291,7 +282,8 @@ impl Conv for Cpu {
         }
         // im2col of the output gradient: dcols[n, (iy, ix), (o, ky, kx)] is the gradient
         // of the output pixel that tap (ky, kx) of input (iy, ix) wrote (0 if cut off).
-        let mut dcols = vec![0.0f32; a.batch * hw * ck];
+        // Every element is written by the gather below.
+        let mut dcols = Lease::new(&COLUMNS, a.batch * hw * ck);
         let target = |i: usize, kk: usize, len: usize| {
             (i * a.stride + kk)
                 .checked_sub(a.padding)
@@ -340,8 +332,10 @@ impl Conv for Cpu {
         // per-map products (x's patch rows are the `[k, m]` operand, read transposed) in
         // blocks of WEIGHT_GRAD_MAPS maps, added in f64 in map order.
         let size = ci * ck;
-        let mut total = vec![0.0f64; size];
-        let mut scratch = vec![0.0f32; WEIGHT_GRAD_MAPS.min(a.batch) * size];
+        let mut total = Lease::new(&WEIGHT_SUMS, size);
+        total.fill(0.0);
+        // Every element is written by the products (beta 0).
+        let mut scratch = Lease::new(&MAP_PRODUCTS, WEIGHT_GRAD_MAPS.min(a.batch) * size);
         for n0 in (0..a.batch).step_by(WEIGHT_GRAD_MAPS) {
             let maps = WEIGHT_GRAD_MAPS.min(a.batch - n0);
             let args = GemmArgs {
@@ -371,7 +365,7 @@ impl Conv for Cpu {
         }
         dweight
             .iter_mut()
-            .zip(&total)
+            .zip(total.iter())
             .for_each(|(d, &s)| *d = (f64::from(*d) + s) as f32);
         self.sum_broadcast(dbias, dout, a.batch, co, plane)
     }

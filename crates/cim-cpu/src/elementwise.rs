@@ -2,15 +2,23 @@
 //! decoder's repeat, GELU), split into fixed-size chunks on the pool.
 //!
 //! Reductions (`sum_broadcast`, `repeat_backward`) accumulate in f64; `sum_broadcast`
-//! sums fixed-size blocks of rows into per-block partials that are then added in block
-//! order, so its bits do not depend on the thread count.
+//! sums fixed-size blocks of rows into per-block partials (in a reused per-thread
+//! buffer) that are then added in block order, so its bits do not depend on the thread
+//! count.
+
+use core::cell::Cell;
 
 use cim_spec::backend::Elementwise;
 use cim_spec::error::HostError;
 
 use crate::Cpu;
 use crate::math;
-use crate::par::{for_chunks, multiversion, rows_per_task};
+use crate::par::{Home, Lease, for_chunks, multiversion, rows_per_task};
+
+thread_local! {
+    /// Per-block partial sums of [`column_sums`].
+    static PARTIALS: Home<f64> = const { Cell::new(Vec::new()) };
+}
 
 /// Elements per task for cheap element-wise work.
 pub(crate) const GRAIN: usize = 1 << 15;
@@ -20,6 +28,8 @@ const GELU_GRAIN: usize = 1 << 13;
 pub(crate) const REDUCE_GRAIN: usize = 1 << 16;
 /// Most blocks a column reduction is cut into (bounds its scratch of partial sums).
 pub(crate) const MAX_REDUCE_BLOCKS: usize = 32;
+/// Columns summed at once with f64 accumulators on the stack.
+pub(crate) const COLS: usize = 256;
 
 /// Rows per block of a column reduction over `rows` rows of `row_cost` elements: about
 /// `REDUCE_GRAIN` elements, and at most `MAX_REDUCE_BLOCKS` blocks. Depends on the shape
@@ -70,21 +80,27 @@ pub(crate) fn accumulate_f64(acc: &mut [f64], row: &[f32]) {
     }
 }
 
-/// Column sums of a `[rows, width]` problem in f64: `body(rows, partial)` adds the
-/// contribution of a range of rows into `partial` (`width` zeros on entry). Rows are cut
-/// into fixed blocks of about `REDUCE_GRAIN` elements; blocks run in parallel and their
-/// partials are added in block order into the returned vector (at most
-/// `MAX_REDUCE_BLOCKS` of them). Must run in the pool.
-pub(crate) fn column_sums<F>(rows: usize, width: usize, row_cost: usize, body: F) -> Vec<f64>
-where
+/// Column sums of a `[rows, width]` problem in f64, handed to `finish`: `body(rows,
+/// partial)` adds the contribution of a range of rows into `partial` (`width` zeros on
+/// entry). Rows are cut into fixed blocks of about `REDUCE_GRAIN` elements; blocks run in
+/// parallel and their partials (at most `MAX_REDUCE_BLOCKS` of them) are added in block
+/// order. Must run in the pool.
+pub(crate) fn column_sums<F>(
+    rows: usize,
+    width: usize,
+    row_cost: usize,
+    body: F,
+    finish: impl FnOnce(&[f64]),
+) where
     F: Fn(core::ops::Range<usize>, &mut [f64]) + Sync + Send,
 {
+    if width == 0 {
+        return finish(&[]);
+    }
     let per_block = reduce_block_rows(rows, row_cost).max(1);
     let blocks = rows.div_ceil(per_block).max(1);
-    let mut partial = vec![0.0f64; blocks * width];
-    if width == 0 {
-        return partial;
-    }
+    let mut partial = Lease::new(&PARTIALS, blocks * width);
+    partial.fill(0.0);
     for_chunks(&mut partial, width, |bi, p| {
         let lo = bi * per_block;
         body(lo..(lo + per_block).min(rows), p);
@@ -95,8 +111,7 @@ where
             *t += v;
         }
     }
-    partial.truncate(width);
-    partial
+    finish(total);
 }
 
 impl Elementwise for Cpu {
@@ -172,23 +187,25 @@ impl Elementwise for Cpu {
         if len == 0 {
             return Ok(());
         }
-        let sums = self.run(|| {
-            column_sums(outer, len, len * inner, |rows, acc| {
-                for o in rows {
-                    let block = &dout[o * len * inner..(o + 1) * len * inner];
-                    if inner == 1 {
-                        accumulate_f64(acc, block);
-                    } else {
-                        for (a, seg) in acc.iter_mut().zip(block.chunks_exact(inner)) {
-                            *a += seg.iter().map(|&x| f64::from(x)).sum::<f64>();
-                        }
+        let body = |rows: core::ops::Range<usize>, acc: &mut [f64]| {
+            for o in rows {
+                let block = &dout[o * len * inner..(o + 1) * len * inner];
+                if inner == 1 {
+                    accumulate_f64(acc, block);
+                } else {
+                    for (a, seg) in acc.iter_mut().zip(block.chunks_exact(inner)) {
+                        *a += seg.iter().map(|&x| f64::from(x)).sum::<f64>();
                     }
+                }
+            }
+        };
+        self.run(|| {
+            column_sums(outer, len, len * inner, body, |sums| {
+                for (d, &s) in dv.iter_mut().zip(sums) {
+                    *d = (f64::from(*d) + s) as f32;
                 }
             })
         });
-        for (d, s) in dv.iter_mut().zip(sums) {
-            *d = (f64::from(*d) + s) as f32;
-        }
         Ok(())
     }
 
@@ -228,7 +245,6 @@ impl Elementwise for Cpu {
         if dx.is_empty() {
             return Ok(());
         }
-        const COLS: usize = 256;
         let rows = rows_per_task(len * copies.max(1), GRAIN);
         self.run_chunked(dx.len(), rows * len, || {
             for_chunks(dx, rows * len, |ci, c| {

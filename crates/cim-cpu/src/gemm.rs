@@ -1,18 +1,20 @@
-//! Batched, strided GEMM on matrixmultiply's packed kernels (AVX-512 or AVX2/FMA, picked
-//! at run time), split into tasks on the backend's pool.
+//! Batched, strided GEMM on the packed kernels of [`crate::sgemm`], split into tasks on
+//! the backend's pool.
 //!
-//! matrixmultiply was measured against the `gemm` crate (0.19) on this project's shapes
-//! (2-core AMD EPYC Zen 5 with AVX-512, both on 2 threads): 300-440 GFLOP/s against
-//! 150-250 for `gemm`, whose AVX-512 kernels need a nightly feature; `benches/gemm.rs`
-//! prints the current numbers. Its own thread pool is not used (it is global and sized
-//! once from an environment variable);
-//! instead each product is cut into whole batches and, for large products, into blocks
-//! of rows (or of columns when `n > m`, so the larger operand is packed once), each run
-//! single-threaded on one task. Block edges fall on multiples of 16, the kernels' tile
-//! size, so every element sees the same tile position, the same k-blocking and the same
-//! epilogue as in an unsplit call: the bits do not depend on the split or the thread
-//! count. With `beta == 0` matrixmultiply never reads C, so old contents (NaN included)
-//! are ignored as the contract demands.
+//! Each product is cut into whole batches and, for large products, into blocks of rows
+//! (or of columns when `n > m`, so the larger operand is packed once), each run
+//! single-threaded on one task. Block edges fall on multiples of [`TILE`], so every
+//! element sees the same tile position, the same k-blocking and the same epilogue as in
+//! an unsplit call: the bits do not depend on the split or the thread count. With
+//! `beta == 0` C is never read, so old contents (NaN included) are ignored as the
+//! contract demands.
+//!
+//! The kernels were first matrixmultiply's, measured against the `gemm` crate (0.19) on
+//! this project's shapes (2-core AMD EPYC Zen 5 with AVX-512, both on 2 threads):
+//! 300-440 GFLOP/s against 150-250 for `gemm`, whose AVX-512 kernels need a nightly
+//! feature. matrixmultiply allocates its packing buffers on every call, so the backend
+//! now packs into reused per-thread buffers with kernels of its own that give the same
+//! bits at the same speed; `benches/gemm.rs` prints the current numbers.
 
 use cim_spec::backend::{Gemm, GemmArgs};
 use cim_spec::error::{HostError, ShapeError};
@@ -20,12 +22,10 @@ use rayon::prelude::*;
 
 use crate::Cpu;
 use crate::par::SendPtr;
+use crate::sgemm::{Shape, Strided, TILE, sgemm};
 
 /// Multiply-adds below which a product is not split further.
 const MIN_TASK_MACS: usize = 1 << 18;
-
-/// Alignment of block edges (the largest microkernel tile side).
-const TILE: usize = 16;
 
 /// Checks that every matrix of the batch lies inside its slice and that the C matrices
 /// do not overlap, so the raw-pointer products below stay in bounds.
@@ -69,18 +69,6 @@ pub(crate) fn gemm(threads: usize, c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm
     if g.batch == 0 || m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        // The product is empty: C = beta C (written when beta is 0).
-        for bi in 0..g.batch {
-            let cb = &mut c[bi * g.stride_c..bi * g.stride_c + m * n];
-            if g.beta == 0.0 {
-                cb.fill(0.0);
-            } else {
-                cb.iter_mut().for_each(|v| *v *= g.beta);
-            }
-        }
-        return;
-    }
     // Element (i, l) of op(A) is at i * rsa + l * csa; (l, j) of op(B) at l * rsb + j * csb.
     let (rsa, csa) = if g.trans_a { (1, m) } else { (k, 1) };
     let (rsb, csb) = if g.trans_b { (1, k) } else { (n, 1) };
@@ -109,30 +97,29 @@ pub(crate) fn gemm(threads: usize, c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm
         };
         // SAFETY: `check` showed that A_b, B_b and C_b (batch entry `bi`) lie inside
         // their slices; the offsets select rows lo..hi (or columns) of these matrices,
-        // so every address matrixmultiply forms is in bounds. Tasks write disjoint
-        // blocks of C (distinct batch entries are `stride_c >= m n` apart, distinct
-        // blocks of one entry are disjoint rows or columns), A and B are only read, and
-        // all slices outlive the parallel loop.
+        // so every element the product reads or writes is in bounds, and C's rows are
+        // `n` apart. Tasks write disjoint blocks of C (distinct batch entries are
+        // `stride_c >= m n` apart, distinct blocks of one entry are disjoint rows or
+        // columns), C overlaps neither A nor B (a `&mut` slice and two shared ones), A
+        // and B are only read, and all slices outlive the parallel loop.
         unsafe {
-            let a0 = (ap as *const f32).add(bi * g.stride_a + a_off);
-            let b0 = (bp as *const f32).add(bi * g.stride_b + b_off);
+            let a0 = Strided {
+                ptr: (ap as *const f32).add(bi * g.stride_a + a_off),
+                rs: rsa,
+                cs: csa,
+            };
+            let b0 = Strided {
+                ptr: (bp as *const f32).add(bi * g.stride_b + b_off),
+                rs: rsb,
+                cs: csb,
+            };
             let c0 = cp.get().add(bi * g.stride_c + c_off);
-            matrixmultiply::sgemm(
-                rows,
+            let shape = Shape {
+                m: rows,
+                n: cols,
                 k,
-                cols,
-                g.alpha,
-                a0,
-                rsa as isize,
-                csa as isize,
-                b0,
-                rsb as isize,
-                csb as isize,
-                g.beta,
-                c0,
-                n as isize,
-                1,
-            );
+            };
+            sgemm(shape, g.alpha, a0, b0, g.beta, c0, n);
         }
     };
     if tasks == 1 {
@@ -203,19 +190,92 @@ mod tests {
             .collect()
     }
 
+    /// The arithmetic of `crate::sgemm`'s module paragraph, element by element.
+    fn model(c: &mut [f32], a: &[f32], b: &[f32], g: &GemmArgs) {
+        const KC: usize = 256;
+        let whole = |i: usize, len: usize| (i / TILE + 1) * TILE <= len;
+        for bi in 0..g.batch {
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let av = |l: usize| {
+                        a[bi * g.stride_a + if g.trans_a { l * g.m + i } else { i * g.k + l }]
+                    };
+                    let bv = |l: usize| {
+                        b[bi * g.stride_b + if g.trans_b { j * g.k + l } else { l * g.n + j }]
+                    };
+                    let out = &mut c[bi * g.stride_c + i * g.n + j];
+                    if g.k == 0 {
+                        *out = if g.beta == 0.0 { 0.0 } else { *out * g.beta };
+                    }
+                    for l0 in (0..g.k).step_by(KC) {
+                        let s =
+                            (l0..(l0 + KC).min(g.k)).fold(0.0f32, |s, l| av(l).mul_add(bv(l), s));
+                        let beta = if l0 == 0 { g.beta } else { 1.0 };
+                        *out = if beta == 0.0 {
+                            g.alpha * s
+                        } else if whole(i, g.m) && whole(j, g.n) {
+                            g.alpha.mul_add(s, *out * beta)
+                        } else {
+                            *out * beta + g.alpha * s
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// matrixmultiply's `sgemm` once per batch entry, unsplit.
+    fn matrixmultiply(c: &mut [f32], a: &[f32], b: &[f32], g: &GemmArgs) {
+        let (rsa, csa) = if g.trans_a { (1, g.m) } else { (g.k, 1) };
+        let (rsb, csb) = if g.trans_b { (1, g.k) } else { (g.n, 1) };
+        for bi in 0..g.batch {
+            // SAFETY: the matrices of entry `bi` lie inside the vectors.
+            unsafe {
+                matrixmultiply::sgemm(
+                    g.m,
+                    g.k,
+                    g.n,
+                    g.alpha,
+                    a.as_ptr().add(bi * g.stride_a),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr().add(bi * g.stride_b),
+                    rsb as isize,
+                    csb as isize,
+                    g.beta,
+                    c.as_mut_ptr().add(bi * g.stride_c),
+                    g.n as isize,
+                    1,
+                );
+            }
+        }
+    }
+
+    fn assert_same_bits(got: &[f32], want: &[f32], what: &str, g: &GemmArgs) {
+        for (i, (x, y)) in got.iter().zip(want).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{what} at {i}: {x} vs {y}, {g:?}");
+        }
+    }
+
     #[test]
-    fn matches_naive_for_every_layout_and_split() {
+    fn matches_naive_and_the_exact_model_for_every_layout_and_split() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
+        // matrixmultiply's AVX-512 kernels compute the same bits (the GEMM this backend
+        // used before); elsewhere it has kernels of other shapes.
+        let avx512 = crate::par::has_avx512();
         for &(batch, m, n, k) in &[
             (1, 1, 1, 1),
             (1, 37, 5, 300),
+            (1, 33, 1, 270),
             (1, 200, 90, 64),
             (3, 17, 17, 64),
             (2, 70, 300, 33),
+            (1, 20, 1100, 40),
             (1, 600, 40, 700),
+            (2, 5, 7, 0),
         ] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (2.0, -0.5)] {
@@ -246,49 +306,27 @@ mod tests {
                         let mut got = old.clone();
                         check(got.len(), a.len(), b.len(), &g).unwrap();
                         pool.install(|| gemm(3, &mut got, &a, &b, &g));
-                        let mut single = old.clone();
-                        gemm(1, &mut single, &a, &b, &g);
                         for bi in 0..batch {
                             for e in 0..m * n {
                                 let i = bi * g.stride_c + e;
                                 assert!(
                                     (f64::from(got[i]) - want[i]).abs() <= 1e-5 * scale,
-                                    "{batch} {m} {n} {k} {ta} {tb} {alpha} {beta}: {} vs {}",
+                                    "{g:?}: {} vs {}",
                                     got[i],
                                     want[i]
                                 );
                             }
                         }
-                        for (x, y) in got.iter().zip(&single) {
-                            assert_eq!(x.to_bits(), y.to_bits(), "split changed the bits");
-                        }
-                        // And the same bits as one unsplit matrixmultiply call per entry.
-                        let mut whole = old.clone();
-                        let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
-                        let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
-                        for bi in 0..batch {
-                            // SAFETY: the matrices of entry `bi` lie inside the vectors.
-                            unsafe {
-                                matrixmultiply::sgemm(
-                                    m,
-                                    k,
-                                    n,
-                                    alpha,
-                                    a.as_ptr().add(bi * g.stride_a),
-                                    rsa as isize,
-                                    csa as isize,
-                                    b.as_ptr().add(bi * g.stride_b),
-                                    rsb as isize,
-                                    csb as isize,
-                                    beta,
-                                    whole.as_mut_ptr().add(bi * g.stride_c),
-                                    n as isize,
-                                    1,
-                                );
-                            }
-                        }
-                        for (x, y) in got.iter().zip(&whole) {
-                            assert_eq!(x.to_bits(), y.to_bits(), "split differs from unsplit");
+                        let mut single = old.clone();
+                        gemm(1, &mut single, &a, &b, &g);
+                        assert_same_bits(&got, &single, "split vs unsplit", &g);
+                        let mut exact = old.clone();
+                        model(&mut exact, &a, &b, &g);
+                        assert_same_bits(&got, &exact, "product vs model", &g);
+                        if avx512 {
+                            let mut theirs = old.clone();
+                            matrixmultiply(&mut theirs, &a, &b, &g);
+                            assert_same_bits(&got, &theirs, "product vs matrixmultiply", &g);
                         }
                     }
                 }

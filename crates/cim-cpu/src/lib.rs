@@ -1,10 +1,12 @@
 //! The fast CPU backend (issue 3): every op of the cim-spec contract in f32, with a SIMD
-//! GEMM (matrixmultiply's AVX-512/AVX2 kernels) and threads from one rayon pool per
-//! backend.
+//! GEMM (packed AVX-512/AVX2 kernels) and threads from one rayon pool per backend.
 //!
 //! Buffers are plain `Vec<f32>` and views are slices, so memory ops are copies and the
 //! backend cannot fail once its arguments are valid ([`HostError`] only reports shapes).
-//! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size).
+//! Every op runs inside the backend's own pool ([`Cpu::with_threads`] picks its size),
+//! reached through a resident job ([`resident`]) rather than rayon's injector, which
+//! allocates. Scratch (partial sums, taps, columns, the GEMM's packed panels) lives in
+//! per-thread buffers that keep their largest size ([`par::Lease`]).
 //!
 //! Determinism: every output element is computed by exactly one task, and every sum
 //! that spans tasks (bias and LayerNorm parameter gradients, the loss, the norm) is cut
@@ -31,11 +33,15 @@ mod math;
 mod norm;
 mod optim;
 mod par;
+mod resident;
+mod sgemm;
 mod tokens;
 
-/// The fast CPU backend: f32 everywhere, GEMM through matrixmultiply, threads through a
-/// private rayon pool.
+/// The fast CPU backend: f32 everywhere, packed SIMD GEMM, threads through a private
+/// rayon pool.
 pub struct Cpu {
+    // Declared first so that it is dropped first: its loop ends before the pool goes.
+    resident: resident::Resident,
     pool: rayon::ThreadPool,
 }
 
@@ -53,7 +59,11 @@ impl Cpu {
             .thread_name(|i| format!("cim-cpu-{i}"))
             .build()
             .expect("the operating system refused to start the worker threads");
-        Cpu { pool }
+        // Every worker takes its packing buffer now (and has started when this returns),
+        // so none allocates in the middle of a step; then one of them turns resident.
+        pool.broadcast(|_| sgemm::reserve_packing());
+        let resident = resident::Resident::start(&pool);
+        Cpu { resident, pool }
     }
 
     /// Worker threads in the pool.
@@ -61,26 +71,29 @@ impl Cpu {
         self.pool.current_num_threads()
     }
 
-    /// Runs `f` inside the backend's pool, so its parallel iterators use these workers.
+    /// Runs `f` inside the backend's pool, so its parallel iterators use these workers:
+    /// directly when called from one of them, otherwise on the resident worker.
     pub(crate) fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        if self.pool.current_thread_index().is_some() {
+            return f();
+        }
+        let (mut f, mut out) = (Some(f), None);
+        self.resident.run(&mut || out = f.take().map(|f| f()));
+        out.expect("the resident ran the closure")
     }
 
     /// [`Cpu::run`] for work over `len` elements cut into chunks of `chunk` by
     /// [`par::for_chunks`]: a single chunk runs on the calling thread, which saves the
     /// pool's wake-up (tens of microseconds) on small ops. `f` may use parallel
-    /// iterators only through `for_chunks`, which stays serial for one chunk.
+    /// iterators only through `for_chunks` and its variants in [`par`], which stay
+    /// serial for one chunk.
     pub(crate) fn run_chunked<R: Send>(
         &self,
         len: usize,
         chunk: usize,
         f: impl FnOnce() -> R + Send,
     ) -> R {
-        if len <= chunk {
-            f()
-        } else {
-            self.pool.install(f)
-        }
+        if len <= chunk { f() } else { self.run(f) }
     }
 }
 

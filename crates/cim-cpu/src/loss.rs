@@ -9,18 +9,29 @@
 //! an all-saturated call does not forgive; f64 costs about 20% more than f32 there
 //! because the elementary functions dominate either way. The forward sums each map's
 //! pixels in f64 inside one task, keeps the per-map sums, and adds them in map order:
-//! the loss has the same bits for any thread count.
+//! the loss has the same bits for any thread count. Per-map results wait in reused
+//! per-thread buffers.
 
+use core::cell::Cell;
+
+use crate::Cpu;
+use crate::math::softmax_ce_margin;
+use crate::par::{Home, Lease, for_chunk_pairs, for_chunks, multiversion};
 use cim_spec::backend::{MapLossArgs, MapLossOps};
 use cim_spec::error::HostError;
 use cim_spec::loss::{
     MapLoss, balanced_weights, bce_pixel, focal_pixel, mse_pixel, softmax_ce_pixel,
 };
-use rayon::prelude::*;
 
-use crate::Cpu;
-use crate::math::softmax_ce_margin;
-use crate::par::multiversion;
+thread_local! {
+    /// Per-map sums of the fast forward (`None`: a logit is not finite).
+    static FAST_SUMS: Home<Option<f64>> = const { Cell::new(Vec::new()) };
+    /// Per-map sums of the f64 forward.
+    static SUMS: Home<f64> = const { Cell::new(Vec::new()) };
+    /// Per-map largest wrong-class probability of the fast backward (`None`: a logit is
+    /// not finite).
+    static TOPS: Home<Option<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// Pixels per step of the vectorised softmax cross-entropy.
 const LANES: usize = 16;
@@ -193,16 +204,15 @@ impl MapLossOps for Cpu {
         // Per-map pixel sums, then the sum of the per-map means in map order.
         let mut total = None;
         if fast {
-            let sums: Vec<Option<f64>> = self.run(|| {
-                (0..maps)
-                    .into_par_iter()
-                    .with_min_len(per_task)
-                    .map(|n| {
-                        let (m, t) = map(n);
+            let mut sums = Lease::new(&FAST_SUMS, maps);
+            self.run_chunked(maps, per_task, || {
+                for_chunks(&mut sums, per_task, |ci, chunk| {
+                    for (i, sum) in chunk.iter_mut().enumerate() {
+                        let (m, t) = map(ci * per_task + i);
                         let (l0, l1) = m.split_at(p);
-                        softmax_ce_sum(l0, l1, t)
-                    })
-                    .collect()
+                        *sum = softmax_ce_sum(l0, l1, t);
+                    }
+                });
             });
             total = sums
                 .iter()
@@ -210,17 +220,15 @@ impl MapLossOps for Cpu {
                 .filter(|t| maps == 0 || t / maps as f64 >= SATURATED_LOSS);
         }
         let total = total.unwrap_or_else(|| {
-            let sums: Vec<f64> = self.run(|| {
-                (0..maps)
-                    .into_par_iter()
-                    .with_min_len(per_task)
-                    .map(|n| {
-                        let (m, t) = map(n);
-                        let mut sum = 0.0f64;
-                        for_each_pixel(args.kind, m, t, |_, l, _| sum += l);
-                        sum
-                    })
-                    .collect()
+            let mut sums = Lease::new(&SUMS, maps);
+            self.run_chunked(maps, per_task, || {
+                for_chunks(&mut sums, per_task, |ci, chunk| {
+                    for (i, sum) in chunk.iter_mut().enumerate() {
+                        let (m, t) = map(ci * per_task + i);
+                        *sum = 0.0;
+                        for_each_pixel(args.kind, m, t, |_, l, _| *sum += l);
+                    }
+                });
             });
             sums.iter().map(|s| s / p as f64).sum()
         });
@@ -249,40 +257,37 @@ impl MapLossOps for Cpu {
         };
         let per_task = (1 << 14) / p + 1;
         let factor = f64::from(args.scale) / p as f64;
+        let len = ch * p;
         if args.kind == MapLoss::SoftmaxCrossEntropy {
-            let tops: Vec<Option<f32>> = self.run(|| {
-                dlogits
-                    .par_chunks_mut(ch * p)
-                    .with_min_len(per_task)
-                    .enumerate()
-                    .map(|(n, d)| {
+            let mut tops = Lease::new(&TOPS, maps);
+            self.run_chunked(maps, per_task, || {
+                for_chunk_pairs(dlogits, &mut tops, (len, 1), per_task, |n0, d, top| {
+                    for (i, (d, top)) in d.chunks_exact_mut(len).zip(top).enumerate() {
                         let (d0, d1) = d.split_at_mut(p);
-                        let (m, t) = map(n);
+                        let (m, t) = map(n0 + i);
                         let (l0, l1) = m.split_at(p);
-                        softmax_ce_grad(d0, d1, l0, l1, t, factor as f32)
-                    })
-                    .collect()
+                        *top = softmax_ce_grad(d0, d1, l0, l1, t, factor as f32);
+                    }
+                });
             });
             let top = tops.iter().try_fold(0.0f32, |acc, t| t.map(|t| acc.max(t)));
             if top.is_some_and(|t| t >= SATURATED_PROB) {
                 return Ok(());
             }
         }
-        self.run(|| {
-            dlogits
-                .par_chunks_mut(ch * p)
-                .with_min_len(per_task)
-                .enumerate()
-                .for_each(|(n, d)| {
+        self.run_chunked(maps, per_task, || {
+            for_chunks(dlogits, per_task * len, |ci, chunk| {
+                for (k, d) in chunk.chunks_exact_mut(len).enumerate() {
                     let (d0, d1) = d.split_at_mut(p);
-                    let (m, t) = map(n);
+                    let (m, t) = map(ci * per_task + k);
                     for_each_pixel(args.kind, m, t, |i, _, g| {
                         d0[i] = (factor * g[0]) as f32;
                         if let Some(x) = d1.get_mut(i) {
                             *x = (factor * g[1]) as f32;
                         }
                     });
-                });
+                }
+            });
         });
         Ok(())
     }

@@ -3,8 +3,10 @@
 //! Row statistics use two passes (mean, then the centred sum of squares) with eight f32
 //! lanes combined in f64, so cancellation only costs what the f32 centring itself costs.
 //! The backward computes `dx` row by row and the `gamma`/`beta` gradients as f64
-//! partial column sums per block of rows, added in block order (deterministic for any
-//! thread count).
+//! partial column sums per block of rows (in a reused per-thread buffer), added in block
+//! order (deterministic for any thread count).
+
+use core::cell::Cell;
 
 use cim_spec::backend::Norm;
 use cim_spec::error::HostError;
@@ -12,7 +14,12 @@ use rayon::prelude::*;
 
 use crate::Cpu;
 use crate::elementwise::reduce_block_rows;
-use crate::par::{multiversion, rows_per_task};
+use crate::par::{Home, Lease, multiversion, rows_per_task};
+
+thread_local! {
+    /// Per-block partial `[dgamma | dbeta]` rows of the backward.
+    static PARTIALS: Home<f64> = const { Cell::new(Vec::new()) };
+}
 
 /// Eight f32 lanes summed in f64.
 #[inline(always)]
@@ -156,7 +163,8 @@ impl Norm for Cpu {
         // [dgamma | dbeta]; the partials are added in block order afterwards.
         let per = reduce_block_rows(rows, cols);
         let blocks = rows.div_ceil(per);
-        let mut partial = vec![0.0f64; blocks * 2 * cols];
+        let mut partial = Lease::new(&PARTIALS, blocks * 2 * cols);
+        partial.fill(0.0);
         self.run(|| {
             dx.par_chunks_mut(per * cols)
                 .zip(partial.par_chunks_mut(2 * cols))

@@ -3,8 +3,10 @@
 //! AdamW takes its f32 scalars from `cim_spec::schedule::AdamW::step_scalars` and
 //! reproduces `AdamWStep::apply` bit for bit (PyTorch's rounding, fused multiply-adds
 //! included) with hardware FMA where the CPU has it. `sum_squares` sums fixed-size
-//! chunks in f64 and adds the chunk sums in order, so the norm has the same bits for any
-//! thread count.
+//! chunks in f64 and adds the chunk sums (kept in a reused per-thread buffer) in order,
+//! so the norm has the same bits for any thread count.
+
+use core::cell::Cell;
 
 use cim_spec::backend::{AdamWArgs, Optim};
 use cim_spec::error::HostError;
@@ -13,7 +15,12 @@ use rayon::prelude::*;
 
 use crate::Cpu;
 use crate::elementwise::GRAIN;
-use crate::par::{for_chunks, multiversion};
+use crate::par::{Home, Lease, for_chunks, multiversion};
+
+thread_local! {
+    /// Per-chunk sums of `sum_squares`.
+    static CHUNK_SUMS: Home<f64> = const { Cell::new(Vec::new()) };
+}
 
 /// Elements per chunk of the norm reduction (fixed: it sets the summation order).
 const NORM_CHUNK: usize = 1 << 15;
@@ -116,8 +123,13 @@ impl Optim for Cpu {
         let total: f64 = if x.len() <= NORM_CHUNK {
             sum_squares_kernel(x)
         } else {
-            let partial: Vec<f64> =
-                self.run(|| x.par_chunks(NORM_CHUNK).map(sum_squares_kernel).collect());
+            let mut partial = Lease::new(&CHUNK_SUMS, x.len().div_ceil(NORM_CHUNK));
+            self.run(|| {
+                for_chunks(&mut partial, 1, |i, sum| {
+                    let chunk = &x[i * NORM_CHUNK..((i + 1) * NORM_CHUNK).min(x.len())];
+                    sum[0] = sum_squares_kernel(chunk);
+                });
+            });
             partial.iter().sum()
         };
         out[0] = total as f32;

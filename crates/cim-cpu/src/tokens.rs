@@ -3,45 +3,62 @@
 //!
 //! Every op but `prepend_cls_backward`'s class-token sum is split by output rows or
 //! planes, each owned by one task; sums (class token, pooling, the upsampling's
-//! transpose) accumulate in f64 in a fixed order.
+//! transpose) accumulate in f64 in a fixed order. The upsampling's taps and its
+//! transpose's accumulators live in reused per-thread buffers.
+
+use core::cell::Cell;
 
 use cim_spec::backend::{PatchArgs, Tokens};
 use cim_spec::error::HostError;
 
 use crate::Cpu;
-use crate::elementwise::{GRAIN, accumulate_f64};
-use crate::par::{for_chunks, rows_per_task};
+use crate::elementwise::{COLS, GRAIN, accumulate_f64};
+use crate::par::{Home, Lease, for_chunks, for_chunks_with, rows_per_task};
 
-/// Columns summed at once with stack accumulators.
-const COLS: usize = 256;
+thread_local! {
+    /// The upsampling's column taps, then its row taps.
+    static TAPS: Home<Tap> = const { Cell::new(Vec::new()) };
+    /// Each task's f64 plane and line of the upsampling's transpose.
+    static PLANE: Home<f64> = const { Cell::new(Vec::new()) };
+}
 
 /// One output coordinate of an `align_corners = true` resampling: the two source
 /// indices and the weight of the second.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Tap {
     lo: usize,
     hi: usize,
     w: f32,
 }
 
-/// Taps of the `out` output positions of an axis with `inp` source positions. The source
-/// coordinate `i (inp - 1) / (out - 1)` is formed in f64 so that only the weight's final
-/// rounding to f32 remains.
-fn taps(inp: usize, out: usize) -> impl Iterator<Item = Tap> {
-    (0..out).map(move |i| {
-        let src = if out > 1 {
-            (i * (inp - 1)) as f64 / (out - 1) as f64
+/// Writes the taps of the `out.len()` output positions of an axis with `inp` source
+/// positions. The source coordinate `i (inp - 1) / (out - 1)` is formed in f64 so that
+/// only the weight's final rounding to f32 remains.
+fn taps(out: &mut [Tap], inp: usize) {
+    let n = out.len();
+    for (i, tap) in out.iter_mut().enumerate() {
+        let src = if n > 1 {
+            (i * (inp - 1)) as f64 / (n - 1) as f64
         } else {
             0.0
         };
         let lo = (src.floor() as usize).min(inp - 1);
         let hi = (lo + 1).min(inp - 1);
-        Tap {
+        *tap = Tap {
             lo,
             hi,
             w: (src - lo as f64) as f32,
-        }
-    })
+        };
+    }
+}
+
+/// The column taps (`out_w`) and row taps (`out_h`) of a resampling, leased together.
+fn leased_taps(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> Lease<Tap> {
+    let mut all = Lease::new(&TAPS, out_w + out_h);
+    let (cols, rows) = all.split_at_mut(out_w);
+    taps(cols, in_w);
+    taps(rows, in_h);
+    all
 }
 
 impl Tokens for Cpu {
@@ -229,19 +246,19 @@ impl Tokens for Cpu {
         if out.is_empty() {
             return Ok(());
         }
-        let cols: Vec<Tap> = taps(in_w, out_w).collect();
-        let rows: Vec<Tap> = taps(in_h, out_h).collect();
+        let all = leased_taps(in_h, in_w, out_h, out_w);
+        let (cols, rows) = all.split_at(out_w);
         let plane = out_h * out_w;
         let per = rows_per_task(plane, GRAIN);
         self.run_chunked(out.len(), per * plane, || {
             for_chunks(out, per * plane, |ci, chunk| {
                 for (i, o) in chunk.chunks_exact_mut(plane).enumerate() {
                     let src = &x[(ci * per + i) * in_h * in_w..][..in_h * in_w];
-                    for (orow, ty) in o.chunks_exact_mut(out_w).zip(&rows) {
+                    for (orow, ty) in o.chunks_exact_mut(out_w).zip(rows) {
                         let top = &src[ty.lo * in_w..(ty.lo + 1) * in_w];
                         let bot = &src[ty.hi * in_w..(ty.hi + 1) * in_w];
                         let wy = ty.w;
-                        for (v, tx) in orow.iter_mut().zip(&cols) {
+                        for (v, tx) in orow.iter_mut().zip(cols) {
                             let t = (1.0 - tx.w) * top[tx.lo] + tx.w * top[tx.hi];
                             let b = (1.0 - tx.w) * bot[tx.lo] + tx.w * bot[tx.hi];
                             *v = (1.0 - wy) * t + wy * b;
@@ -267,39 +284,52 @@ impl Tokens for Cpu {
         if dx.is_empty() {
             return Ok(());
         }
-        let cols: Vec<Tap> = taps(in_w, out_w).collect();
-        let rows: Vec<Tap> = taps(in_h, out_h).collect();
+        let all = leased_taps(in_h, in_w, out_h, out_w);
+        let (cols, rows) = all.split_at(out_w);
         let plane = in_h * in_w;
         let per = rows_per_task(out_h * out_w, GRAIN);
         self.run_chunked(dx.len(), per * plane, || {
-            for_chunks(dx, per * plane, |ci, chunk| {
-                // Separable transpose: each output row is first folded onto the input
-                // columns (`line`), then spread onto its two input rows (`acc`), all in
-                // f64 and in output order.
-                let mut acc = vec![0.0f64; plane];
-                let mut line = vec![0.0f64; in_w];
-                for (i, d) in chunk.chunks_exact_mut(plane).enumerate() {
-                    let g = &dout[(ci * per + i) * out_h * out_w..][..out_h * out_w];
-                    acc.fill(0.0);
-                    for (grow, ty) in g.chunks_exact(out_w).zip(&rows) {
-                        line.fill(0.0);
-                        for (&v, tx) in grow.iter().zip(&cols) {
-                            let v = f64::from(v);
-                            let w = f64::from(tx.w);
-                            line[tx.lo] += (1.0 - w) * v;
-                            line[tx.hi] += w * v;
+            for_chunks_with(
+                dx,
+                per * plane,
+                &PLANE,
+                plane + in_w,
+                |ci, chunk, scratch| {
+                    // Separable transpose: each output row is first folded onto the input
+                    // columns (`line`), then spread onto its two input rows (`acc`), all in
+                    // f64 and in output order.
+                    let (acc, line) = scratch.split_at_mut(plane);
+                    for (i, d) in chunk.chunks_exact_mut(plane).enumerate() {
+                        let g = &dout[(ci * per + i) * out_h * out_w..][..out_h * out_w];
+                        acc.fill(0.0);
+                        for (grow, ty) in g.chunks_exact(out_w).zip(rows) {
+                            line.fill(0.0);
+                            for (&v, tx) in grow.iter().zip(cols) {
+                                let v = f64::from(v);
+                                let w = f64::from(tx.w);
+                                line[tx.lo] += (1.0 - w) * v;
+                                line[tx.hi] += w * v;
+                            }
+                            let wy = f64::from(ty.w);
+                            for (a, &l) in acc[ty.lo * in_w..(ty.lo + 1) * in_w]
+                                .iter_mut()
+                                .zip(line.iter())
+                            {
+                                *a += (1.0 - wy) * l;
+                            }
+                            for (a, &l) in acc[ty.hi * in_w..(ty.hi + 1) * in_w]
+                                .iter_mut()
+                                .zip(line.iter())
+                            {
+                                *a += wy * l;
+                            }
                         }
-                        let wy = f64::from(ty.w);
-                        for (a, &l) in acc[ty.lo * in_w..(ty.lo + 1) * in_w].iter_mut().zip(&line) {
-                            *a += (1.0 - wy) * l;
-                        }
-                        for (a, &l) in acc[ty.hi * in_w..(ty.hi + 1) * in_w].iter_mut().zip(&line) {
-                            *a += wy * l;
-                        }
+                        d.iter_mut()
+                            .zip(acc.iter())
+                            .for_each(|(o, &a)| *o = a as f32);
                     }
-                    d.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32);
-                }
-            });
+                },
+            );
         });
         Ok(())
     }
