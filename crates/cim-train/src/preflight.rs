@@ -27,15 +27,20 @@ pub struct Check {
     pub failure: Option<String>,
 }
 
-/// Runs every conformance property with `cases` cases on `backend`, printing one line
-/// per op to stderr, and returns every outcome (it does not stop at the first failure, so
-/// the report names all disagreeing ops).
+/// Runs every conformance property with `cases` cases on `backend`, then whole micro
+/// training steps against the reference, printing one line per check to stderr, and
+/// returns every outcome (it does not stop at the first failure, so the report names all
+/// disagreeing ops).
 pub fn run_checks<B: Backend>(backend: &B, cases: u32) -> Vec<Check> {
     let config = RunConfig {
         cases,
         seed: Some(PREFLIGHT_SEED),
     };
-    let properties: Vec<Property<B>> = conformance::properties();
+    let mut properties: Vec<Property<B>> = conformance::properties();
+    properties.push(Property {
+        name: "training_steps",
+        run: |backend, _| conformance::training_steps(backend).map_err(|m| m.to_string()),
+    });
     let mut checks = Vec::with_capacity(properties.len());
     for property in properties {
         let start = Instant::now();
