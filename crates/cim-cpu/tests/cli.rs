@@ -1,6 +1,7 @@
 //! The `cim-cpu` binary end to end on a few generated images: a SIGINT during
 //! pre-training checkpoints at the next step and exits cleanly, `--resume auto` continues
-//! from that checkpoint, and bad input ends with an error that names it.
+//! from that checkpoint, bad input ends with an error that names it, and `selftest` and
+//! `bench` report what they measured.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -169,4 +170,57 @@ fn bad_input_is_named() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn selftest_passes_and_reports_every_check_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("selftest.json");
+    let out = bin()
+        .args(["selftest", "--cases", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["check"] == "training_steps"));
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "self_attention_backward")
+    );
+    assert!(checks.iter().all(|c| c["failure"].is_null()));
+}
+
+#[test]
+fn bench_reports_images_per_second_and_mfu() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = bin()
+        .args([
+            "bench", "--model", "micro", "--batch", "2", "--warmup", "1", "--steps", "2",
+        ])
+        .args(["--peak-tflops", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["mfu"].as_f64().unwrap() > 0.0);
+    let e = bin()
+        .args(["bench", "--model", "vit-gigantic"])
+        .output()
+        .unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("vit-gigantic"));
 }
