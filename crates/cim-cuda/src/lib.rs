@@ -34,7 +34,15 @@ use ops::{Kernel, KernelParams};
 /// The CUDA backend over device `D`.
 pub struct Cuda<D: Device> {
     device: D,
+    /// f64 partial sums of the two-launch reductions (sum of squares, map loss), reused by
+    /// every call; the lock is held while a reduction's launches are queued, so another
+    /// host thread's reduction cannot land between them on the stream.
+    partials: std::sync::Mutex<D::Alloc>,
 }
+
+/// f64 slots in [`Cuda`]'s partial-sum buffer: the most blocks a two-launch reduction's
+/// first launch may use.
+pub(crate) const MAX_PARTIALS: usize = 4096;
 
 impl Cuda<Gpu> {
     /// The f32 backend on GPU `ordinal`; a clear error if CUDA or the GPU is missing.
@@ -44,9 +52,7 @@ impl Cuda<Gpu> {
 
     /// The backend on GPU `ordinal` with GEMMs in `gemm`'s math.
     pub fn gpu_with(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
-        Ok(Cuda {
-            device: Gpu::new(ordinal, gemm)?,
-        })
+        Self::on(Gpu::new(ordinal, gemm)?)
     }
 }
 
@@ -58,13 +64,26 @@ impl Cuda<Emulator> {
 
     /// The backend on the host emulator with GEMMs in `gemm`'s math.
     pub fn emulated_with(gemm: GemmMath) -> Self {
-        Cuda {
-            device: Emulator { gemm },
-        }
+        Self::on(Emulator { gemm }).expect("the emulator allocates 32 KiB of host memory")
     }
 }
 
 impl<D: Device> Cuda<D> {
+    fn on(device: D) -> Result<Self, CudaError> {
+        let partials = device.alloc(MAX_PARTIALS * size_of::<f64>())?;
+        Ok(Cuda {
+            device,
+            partials: std::sync::Mutex::new(partials),
+        })
+    }
+
+    /// Runs `queue` with the device address of the partial-sum buffer ([`MAX_PARTIALS`]
+    /// f64), holding its lock while `queue` puts its launches on the stream.
+    pub(crate) fn with_partials<R>(&self, queue: impl FnOnce(u64) -> R) -> R {
+        let partials = self.partials.lock().unwrap_or_else(|p| p.into_inner());
+        queue(D::address(&partials))
+    }
+
     /// The device the backend runs on.
     pub fn device(&self) -> &D {
         &self.device

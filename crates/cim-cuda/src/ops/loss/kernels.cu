@@ -15,14 +15,6 @@
 #define MAP_LOSS_MSE 3
 #define MAP_LOSS_FOCAL 4
 
-// Blocks of the forward's first pass (loss/mod.rs launches at most this many).
-#define MAP_LOSS_MAX_PARTIALS 4096
-
-// The per-block partial sums of the forward live in the module, as the op has no scratch
-// buffer. loss/mod.rs queues the two passes under a lock, so each forward's pair runs back
-// to back on the device's one stream (in the emulator, within the one call).
-static __device__ double partial_map_means[MAP_LOSS_MAX_PARTIALS];
-
 // sigmoid(x) and sigmoid(-x) as cim_spec::loss::sigmoid forms them, from e = exp(-|x|):
 // 1 / (1 + e) for the argument that is >= 0, e / (1 + e) for the other. NaN gives NaN.
 __device__ __forceinline__ void sigmoids(double x, double e, double* pos, double* neg) {
@@ -98,6 +90,7 @@ __device__ __forceinline__ bool is_inside(float target) { return target > 0.5f; 
 // class in f64 (fixed tree: the threads' strided sums, then block_sum_f64); the balanced
 // BCE weights the class sums by the map's class shares, which the same pass counts.
 struct MapLossPartialsArgs {
+    double* partials;
     const float* logits;
     const float* target;
     long long maps;
@@ -139,20 +132,21 @@ CIM_KERNEL(map_loss_partials, MapLossPartialsArgs) {
         }
         total += map_sum / pixels;
     }
-    if (threadIdx.x == 0) partial_map_means[blockIdx.x] = total;
+    if (threadIdx.x == 0) a.partials[blockIdx.x] = total;
 }
 
 // Forward, second pass (one block): loss[0] = scale * (sum of the first pass's partials,
 // in a fixed tree).
 struct MapLossTotalArgs {
     float* loss;
+    const double* partial_sums;
     long long partials;
     double scale;
 };
 
 CIM_KERNEL(map_loss_total, MapLossTotalArgs) {
     double sum = 0.0;
-    for (long long i = threadIdx.x; i < a.partials; i += blockDim.x) sum += partial_map_means[i];
+    for (long long i = threadIdx.x; i < a.partials; i += blockDim.x) sum += a.partial_sums[i];
     sum = block_sum_f64(sum);
     if (threadIdx.x == 0) a.loss[0] = (float)(a.scale * sum);
 }

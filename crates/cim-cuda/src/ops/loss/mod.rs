@@ -2,8 +2,6 @@
 //! reduction to the scalar loss, backward as one block per map; cim-spec's per-pixel
 //! formulas evaluated in f64 (see `kernels.cu`).
 
-use std::sync::Mutex;
-
 use cim_spec::backend::{MapLossArgs, MapLossOps};
 use cim_spec::loss::MapLoss;
 
@@ -14,19 +12,12 @@ use crate::{Cuda, DeviceView, DeviceViewMut};
 
 /// Most threads given to one map.
 const MAP_THREADS: u32 = 256;
-/// Blocks of the forward's first pass: `MAP_LOSS_MAX_PARTIALS` of the kernels, the size of
-/// their partial-sum array.
-const MAX_PARTIALS: usize = 4096;
+/// Blocks of the forward's first pass, one partial sum each in the backend's buffer.
+use crate::MAX_PARTIALS;
 /// Most blocks of the backward; each loops over the maps beyond.
 const MAX_MAP_BLOCKS: usize = 1 << 16;
 /// Threads of the forward's second pass, which adds at most [`MAX_PARTIALS`] values.
 const TOTAL_THREADS: u32 = 256;
-
-/// Held while the forward's two passes are queued: their partial sums live in the kernel
-/// module (one array per loaded module), so another thread's forward on the same backend
-/// must not queue its first pass between them. The device's one stream then runs each
-/// pair back to back.
-static FORWARD_PASSES: Mutex<()> = Mutex::new(());
 
 /// The kind's number in `kernels.cu` (`MAP_LOSS_*`) and the focal parameters.
 fn kind_code(kind: MapLoss) -> (i32, f64, f64) {
@@ -55,30 +46,33 @@ impl<D: Device> MapLossOps for Cuda<D> {
     ) -> Result<(), CudaError> {
         let (kind, alpha, gamma) = kind_code(args.kind);
         let partials = args.maps.min(MAX_PARTIALS);
-        let _queued_together = FORWARD_PASSES.lock().unwrap_or_else(|p| p.into_inner());
-        if partials > 0 {
-            let params = k::MapLossPartialsArgs {
-                logits: logits.ptr(),
-                target: target.ptr(),
-                maps: args.maps as i64,
-                pixels: args.pixels as i64,
-                kind,
-                alpha,
-                gamma,
+        self.with_partials(|partial_sums| {
+            if partials > 0 {
+                let params = k::MapLossPartialsArgs {
+                    partials: partial_sums,
+                    logits: logits.ptr(),
+                    target: target.ptr(),
+                    maps: args.maps as i64,
+                    pixels: args.pixels as i64,
+                    kind,
+                    alpha,
+                    gamma,
+                };
+                let dims = per_map(args.maps, args.pixels, MAX_PARTIALS);
+                self.launch(&k::MAP_LOSS_PARTIALS, dims, params)?;
+            }
+            let params = k::MapLossTotalArgs {
+                loss: loss.ptr(),
+                partial_sums,
+                partials: partials as i64,
+                scale: f64::from(args.scale),
             };
-            let dims = per_map(args.maps, args.pixels, MAX_PARTIALS);
-            self.launch(&k::MAP_LOSS_PARTIALS, dims, params)?;
-        }
-        let params = k::MapLossTotalArgs {
-            loss: loss.ptr(),
-            partials: partials as i64,
-            scale: f64::from(args.scale),
-        };
-        self.launch(
-            &k::MAP_LOSS_TOTAL,
-            LaunchDims::rows(1, TOTAL_THREADS),
-            params,
-        )
+            self.launch(
+                &k::MAP_LOSS_TOTAL,
+                LaunchDims::rows(1, TOTAL_THREADS),
+                params,
+            )
+        })
     }
 
     fn map_loss_backward(

@@ -3,11 +3,6 @@
 // of squares behind the global gradient norm, a two-launch f64 reduction in a fixed
 // order; and clipping by that norm, read from device memory.
 
-// Partial sums of the first sum_squares launch, one per block, read by the second. A
-// module variable because the op has no scratch argument; the host queues the two
-// launches back to back under a lock, so no other reduction lands between them.
-#define SUM_SQUARES_MAX_BLOCKS 1024
-static __device__ double sum_squares_partials[SUM_SQUARES_MAX_BLOCKS];
 
 // cim_spec::schedule::AdamWStep::apply per element, with its scalars rounded to f32 on
 // the host. `lerp_from_grad` picks PyTorch's lerp branch: m + w (g - m) when false,
@@ -57,10 +52,11 @@ CIM_KERNEL(ema_update, EmaArgs) {
         a.target[i] = __fmul_rn(a.target[i], a.keep) + __fmul_rn(a.online[i], a.take);
 }
 
-// First launch: block b writes sum_squares_partials[b], its threads' grid-stride sums (four
+// First launch: block b writes partials[b], its threads' grid-stride sums (four
 // loads in flight per step, added in index order) combined by a fixed tree. An f32 square
 // is exact in f64, so only the additions round.
 struct SumSquaresPartialArgs {
+    double* partials;
     const float* x;
     long long n;
 };
@@ -80,18 +76,19 @@ CIM_KERNEL(sum_squares_partial, SumSquaresPartialArgs) {
         sum += v * v;
     }
     sum = block_sum_f64(sum);
-    if (threadIdx.x == 0) sum_squares_partials[blockIdx.x] = sum;
+    if (threadIdx.x == 0) a.partials[blockIdx.x] = sum;
 }
 
 // Second launch, one block: out[0] = the sum of the first `blocks` partials.
 struct SumSquaresFinalArgs {
     float* out;
+    const double* partials;
     int blocks;
 };
 
 CIM_KERNEL(sum_squares_final, SumSquaresFinalArgs) {
     double sum = 0.0;
-    for (int b = threadIdx.x; b < a.blocks; b += blockDim.x) sum += sum_squares_partials[b];
+    for (int b = threadIdx.x; b < a.blocks; b += blockDim.x) sum += a.partials[b];
     sum = block_sum_f64(sum);
     if (threadIdx.x == 0) a.out[0] = (float)sum;
 }

@@ -4,10 +4,8 @@
 //! norm; and clipping by that norm without a round trip to the host.
 //!
 //! The sum of squares is two launches: a fixed number of blocks (a function of the length
-//! only) write f64 partial sums into an array of the kernel module, and one block adds them
-//! in order. No atomics, so the same gradient gives the same bits on every run.
-
-use std::sync::Mutex;
+//! only) write f64 partial sums into the backend's partial-sum buffer, and one block adds
+//! them in order. No atomics, so the same gradient gives the same bits on every run.
 
 use cim_spec::backend::{AdamWArgs, Optim};
 use cim_spec::schedule::AdamW;
@@ -18,13 +16,9 @@ use crate::error::CudaError;
 use crate::{Cuda, DeviceView, DeviceViewMut};
 
 const THREADS: u32 = 256;
-/// Blocks of the first sum-of-squares launch, at most (`SUM_SQUARES_MAX_BLOCKS`, the
-/// length of the module's partial-sum array).
+/// Blocks of the first sum-of-squares launch, at most.
 const SUM_SQUARES_MAX_BLOCKS: usize = 1024;
-
-/// Held while the two sum-of-squares launches are queued, so that a call from another
-/// host thread cannot put its first launch between them and overwrite the partial sums.
-static SUM_SQUARES_PARTIALS: Mutex<()> = Mutex::new(());
+const _: () = assert!(SUM_SQUARES_MAX_BLOCKS <= crate::MAX_PARTIALS);
 
 impl<D: Device> Optim for Cuda<D> {
     fn adamw_update(
@@ -97,23 +91,24 @@ impl<D: Device> Optim for Cuda<D> {
         let blocks = n
             .div_ceil(THREADS as usize)
             .clamp(1, SUM_SQUARES_MAX_BLOCKS);
-        let partial = k::SumSquaresPartialArgs {
-            x: x.ptr(),
-            n: n as i64,
-        };
-        let last = k::SumSquaresFinalArgs {
-            out: out.ptr(),
-            blocks: blocks as i32,
-        };
-        let _queued = SUM_SQUARES_PARTIALS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.launch(
-            &k::SUM_SQUARES_PARTIAL,
-            LaunchDims::rows(blocks, THREADS),
-            partial,
-        )?;
-        self.launch(&k::SUM_SQUARES_FINAL, LaunchDims::rows(1, THREADS), last)
+        self.with_partials(|partials| {
+            let partial = k::SumSquaresPartialArgs {
+                partials,
+                x: x.ptr(),
+                n: n as i64,
+            };
+            let last = k::SumSquaresFinalArgs {
+                out: out.ptr(),
+                partials,
+                blocks: blocks as i32,
+            };
+            self.launch(
+                &k::SUM_SQUARES_PARTIAL,
+                LaunchDims::rows(blocks, THREADS),
+                partial,
+            )?;
+            self.launch(&k::SUM_SQUARES_FINAL, LaunchDims::rows(1, THREADS), last)
+        })
     }
 
     fn clip_by_norm(
