@@ -10,7 +10,9 @@
 //! conv correlation with the deconvolution predictor, and a loss other than the default.
 //!
 //! Its own binary without libtest's harness, so that no other test and no harness thread
-//! allocates while the counter is armed.
+//! allocates while the counter is armed; one backend serves every model, so that no pool
+//! threads exit meanwhile either (an exiting worker hands its crossbeam-epoch garbage
+//! bag to the global list, which allocates).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -101,31 +103,30 @@ fn small() -> ModelConfig {
 }
 
 /// Runs warm-up steps, then asserts that further steps allocate nothing.
-fn check(name: &str, config: ModelConfig, batch: usize, accum: usize) {
+fn check(cpu: &Cpu, name: &str, config: ModelConfig, batch: usize, accum: usize) {
     const WARMUP: usize = 3;
     const STEPS: usize = 4;
-    let cpu = Cpu::with_threads(3);
-    let mut model = Cim::new(&cpu, config, batch, 5).unwrap();
+    let mut model = Cim::new(cpu, config, batch, 5).unwrap();
     let host = cim_train::synthetic::batch(&config, batch, 9).unwrap();
-    let mut data = Batch::new(&cpu, &config, batch).unwrap();
+    let mut data = Batch::new(cpu, &config, batch).unwrap();
     let opt = AdamW {
         lr: 1e-4,
         ..AdamW::default()
     };
     let mut loss = [0.0f32];
     let mut step = || {
-        model.zero_grads(&cpu).unwrap();
+        model.zero_grads(cpu).unwrap();
         for _ in 0..accum {
-            data.upload(&cpu, &host.context, &host.exemplars, &host.maps)
+            data.upload(cpu, &host.context, &host.exemplars, &host.maps)
                 .unwrap();
-            model.forward_backward(&cpu, &data, accum).unwrap();
+            model.forward_backward(cpu, &data, accum).unwrap();
             cpu.download(cpu.view(model.loss(), 0..1), &mut loss)
                 .unwrap();
         }
-        let norm = model.grad_norm(&cpu).unwrap();
+        let norm = model.grad_norm(cpu).unwrap();
         assert!(norm.is_finite() && loss[0].is_finite());
-        model.clip_grads(&cpu, 1.0).unwrap();
-        model.optimizer_step(&cpu, &opt, 0.99).unwrap();
+        model.clip_grads(cpu, 1.0).unwrap();
+        model.optimizer_step(cpu, &opt, 0.99).unwrap();
     };
     for _ in 0..WARMUP {
         step();
@@ -139,12 +140,19 @@ fn check(name: &str, config: ModelConfig, batch: usize, accum: usize) {
 }
 
 fn main() {
-    check("micro", ModelConfig::micro(), 2, 1);
-    check("small", small(), 4, 2);
+    let cpu = Cpu::with_threads(3);
+    check(&cpu, "micro", ModelConfig::micro(), 2, 1);
+    check(&cpu, "small", small(), 4, 2);
     let mut conv = small();
     conv.decoder.correlation = Correlation::Conv;
     conv.decoder.predictor = Predictor::Deconv;
     conv.loss = MapLoss::BalancedBinaryCrossEntropy;
-    check("small, conv correlation, deconv predictor", conv, 4, 1);
+    check(
+        &cpu,
+        "small, conv correlation, deconv predictor",
+        conv,
+        4,
+        1,
+    );
     println!("allocations: ok");
 }
