@@ -67,6 +67,32 @@ CIM_KERNEL(sum_broadcast, SumBroadcastArgs) {
     if (threadIdx.x == 0) a.dv[l] += (float)sum;
 }
 
+// The bias case of sum_broadcast (inner == 1): dv[l] += sum over rows of dout[row, l].
+// Block (32, 32): 32 adjacent columns, so each warp reads 128 contiguous bytes of a row;
+// thread (c, s) sums rows s, s + 32, ... of its column in f64, in order, then the 32 slots
+// of a column are added by a fixed tree.
+struct SumColumnsArgs {
+    float* dv;
+    const float* dout;
+    long long rows;
+    long long cols;
+};
+
+CIM_KERNEL(sum_columns, SumColumnsArgs) {
+    __shared__ double slots[32][33];
+    long long col = (long long)blockIdx.x * 32 + threadIdx.x;
+    double sum = 0.0;
+    if (col < a.cols)
+        for (long long r = threadIdx.y; r < a.rows; r += 32) sum += a.dout[r * a.cols + col];
+    slots[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = 16; half > 0; half >>= 1) {
+        if (threadIdx.y < half) slots[threadIdx.y][threadIdx.x] += slots[threadIdx.y + half][threadIdx.x];
+        __syncthreads();
+    }
+    if (threadIdx.y == 0 && col < a.cols) a.dv[col] += (float)slots[0][threadIdx.x];
+}
+
 // out[b, k, l] = x[b, l].
 struct RepeatForwardArgs {
     float* out;

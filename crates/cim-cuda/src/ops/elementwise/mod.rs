@@ -91,6 +91,21 @@ impl<D: Device> Elementwise for Cuda<D> {
         if len == 0 {
             return Ok(());
         }
+        if inner == 1 {
+            // A bias gradient: coalesced column sums.
+            let params = k::SumColumnsArgs {
+                dv: dv.ptr(),
+                dout: dout.ptr(),
+                rows: outer as i64,
+                cols: len as i64,
+            };
+            let dims = LaunchDims {
+                grid: (len.div_ceil(32) as u32, 1, 1),
+                block: (32, 32, 1),
+                shared_bytes: 0,
+            };
+            return self.launch(&k::SUM_COLUMNS, dims, params);
+        }
         let params = k::SumBroadcastArgs {
             dv: dv.ptr(),
             dout: dout.ptr(),
@@ -173,5 +188,30 @@ impl<D: Device> Elementwise for Cuda<D> {
             n: n as i64,
         };
         self.launch(&k::GELU_BACKWARD, LaunchDims::linear(n, THREADS), params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Bias-gradient shapes the conformance strategies do not reach: many rows over
+    //! several 32-column tiles, a ragged last tile, checked against the reference.
+    use conformance::cases::BroadcastCase;
+    use conformance::checks::sum_broadcast_case;
+
+    use crate::Cuda;
+
+    #[test]
+    fn bias_gradients_of_model_shapes_match_the_reference() {
+        let backend = Cuda::emulated();
+        for (seed, outer, len) in [(1, 1632, 192), (2, 333, 70), (3, 40, 1), (4, 1, 33)] {
+            let case = BroadcastCase {
+                seed,
+                outer,
+                len,
+                inner: 1,
+                scale: 1.0,
+            };
+            sum_broadcast_case(&backend, &case).unwrap_or_else(|m| panic!("{m}"));
+        }
     }
 }
