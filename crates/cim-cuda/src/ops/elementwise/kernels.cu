@@ -86,7 +86,7 @@ CIM_KERNEL(sum_columns, SumColumnsArgs) {
         for (long long r = threadIdx.y; r < a.rows; r += 32) sum += a.dout[r * a.cols + col];
     slots[threadIdx.y][threadIdx.x] = sum;
     __syncthreads();
-    for (int half = 16; half > 0; half >>= 1) {
+    for (unsigned half = 16; half > 0; half >>= 1) {
         if (threadIdx.y < half) slots[threadIdx.y][threadIdx.x] += slots[threadIdx.y + half][threadIdx.x];
         __syncthreads();
     }
