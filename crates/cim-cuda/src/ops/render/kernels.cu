@@ -143,11 +143,13 @@ __device__ __forceinline__ float filter(int bicubic, float x) {
     return x < 2.0f ? v : 0.0f;
 }
 
-// Narrows [lo, hi] to the offsets t with |a t + b| <= reach; false when none remain. The
-// window's edges carry zero weight, so rounding here moves no weight in or out.
-__device__ __forceinline__ bool narrow(float a, float b, float reach, float* lo, float* hi) {
+// Narrows [lo, hi] to the offsets t with |a t + b| <= reach (`inv_a` = 1 / a); false when
+// none remain. The window's edges carry zero weight, so rounding here moves no weight in or
+// out.
+__device__ __forceinline__ bool narrow(float a, float inv_a, float b, float reach, float* lo,
+                                       float* hi) {
     if (fabsf(a) < 1e-6f) return fabsf(b) <= reach;
-    float t1 = (-reach - b) / a, t2 = (reach - b) / a;
+    float t1 = (-reach - b) * inv_a, t2 = (reach - b) * inv_a;
     *lo = fmaxf(*lo, fminf(t1, t2));
     *hi = fminf(*hi, fmaxf(t1, t2));
     return *lo <= *hi;
@@ -167,6 +169,7 @@ __device__ void gather_pixel(const unsigned char* view, int canvas, const Exempl
     float support = bicubic ? 2.0f : 1.0f;
     float reach_u = support * r->filter_u, reach_v = support * r->filter_v;
     float inv_u = 1.0f / r->filter_u, inv_v = 1.0f / r->filter_v;
+    float inv_ux = 1.0f / ux, inv_vx = 1.0f / vx;
     // Canvas rows whose centres can lie in the window (its bounding box).
     double extent_y = (double)(reach_u * fabsf(uy) + reach_v * fabsf(vy));
     int q0 = max(0, (int)ceil(py - 0.5 - extent_y));
@@ -175,8 +178,8 @@ __device__ void gather_pixel(const unsigned char* view, int canvas, const Exempl
     for (int qy = q0; qy <= q1; qy++) {
         double dy = (double)qy + 0.5 - py;
         float lo = -3.0e38f, hi = 3.0e38f;
-        if (!narrow(ux, (float)dy * uy, reach_u, &lo, &hi) ||
-            !narrow(vx, (float)dy * vy, reach_v, &lo, &hi))
+        if (!narrow(ux, inv_ux, (float)dy * uy, reach_u, &lo, &hi) ||
+            !narrow(vx, inv_vx, (float)dy * vy, reach_v, &lo, &hi))
             continue;
         int x0 = max(0, (int)ceil(px - 0.5 + (double)lo));
         int x1 = min(canvas - 1, (int)floor(px - 0.5 + (double)hi));
