@@ -5,7 +5,9 @@
 //! One source of truth: a kernel's parameters are declared once, as a C struct
 //! `struct XxxArgs { type field; ... };` in its `.cu` file, and `CIM_KERNEL(name, XxxArgs)`
 //! defines the kernel. The Rust struct is generated from the C one (same fields, same
-//! order, `#[repr(C)]`), so the two cannot drift apart.
+//! order, `#[repr(C)]`), so the two cannot drift apart. Records that kernels read from a
+//! device buffer (`struct XxxRecord { ... };`) are generated the same way, with a
+//! compile-time check that they have no padding, so their bytes can be uploaded as they are.
 
 use std::env;
 use std::fmt::Write as _;
@@ -20,6 +22,8 @@ struct Field {
 struct ArgsStruct {
     name: String,
     fields: Vec<Field>,
+    /// A `...Record` read from device memory, not a kernel's parameter struct.
+    record: bool,
 }
 
 struct Module {
@@ -44,6 +48,13 @@ fn rust_type(c_type: &str, file: &Path) -> &'static str {
     }
 }
 
+fn size_of_type(rust_type: &str) -> usize {
+    match rust_type {
+        "u64" | "i64" | "f64" => 8,
+        _ => 4,
+    }
+}
+
 fn parse(path: &Path, name: &str) -> Module {
     let text = fs::read_to_string(path).unwrap();
     let mut structs = Vec::new();
@@ -55,12 +66,17 @@ fn parse(path: &Path, name: &str) -> Module {
             let Some(struct_name) = rest.strip_suffix(" {") else {
                 continue;
             };
-            if !struct_name.ends_with("Args") {
+            let record = struct_name.ends_with("Record");
+            if !struct_name.ends_with("Args") && !record {
                 continue;
             }
             let mut fields = Vec::new();
             for field in lines.by_ref() {
-                let field = field.trim();
+                // A field may end in a `//` comment; blank and comment lines are skipped.
+                let field = field.split("//").next().unwrap_or_default().trim();
+                if field.is_empty() {
+                    continue;
+                }
                 if field == "};" {
                     break;
                 }
@@ -80,6 +96,7 @@ fn parse(path: &Path, name: &str) -> Module {
             structs.push(ArgsStruct {
                 name: struct_name.to_string(),
                 fields,
+                record,
             });
         } else if let Some(rest) = line.strip_prefix("CIM_KERNEL(") {
             let inner = rest.split(')').next().unwrap();
@@ -156,18 +173,39 @@ fn main() {
         out.push_str("    use super::*;\n");
         for s in &m.structs {
             writeln!(out, "    /// `struct {}` of the kernel source.", s.name).unwrap();
-            writeln!(out, "    #[repr(C)]\n    #[derive(Clone, Copy, Debug)]").unwrap();
+            let derives = if s.record { ", Default" } else { "" };
+            writeln!(
+                out,
+                "    #[repr(C)]\n    #[derive(Clone, Copy, Debug{derives})]"
+            )
+            .unwrap();
             writeln!(out, "    pub(crate) struct {} {{", s.name).unwrap();
             for f in &s.fields {
                 writeln!(out, "        pub(crate) {}: {},", f.name, f.rust_type).unwrap();
             }
             out.push_str("    }\n");
-            writeln!(
-                out,
-                "    // SAFETY: generated from the C struct the kernel takes, field for field."
-            )
-            .unwrap();
-            writeln!(out, "    unsafe impl KernelParams for {} {{}}", s.name).unwrap();
+            if s.record {
+                let bytes: usize = s.fields.iter().map(|f| size_of_type(f.rust_type)).sum();
+                writeln!(
+                    out,
+                    "    const _: () = assert!(size_of::<{0}>() == {bytes}, \"{0} has padding: order its fields by size\");",
+                    s.name
+                )
+                .unwrap();
+                writeln!(
+                    out,
+                    "    // SAFETY: generated from the C struct, field for field; plain numbers, no padding (asserted above)."
+                )
+                .unwrap();
+                writeln!(out, "    unsafe impl DeviceRecord for {} {{}}", s.name).unwrap();
+            } else {
+                writeln!(
+                    out,
+                    "    // SAFETY: generated from the C struct the kernel takes, field for field."
+                )
+                .unwrap();
+                writeln!(out, "    unsafe impl KernelParams for {} {{}}", s.name).unwrap();
+            }
         }
         for (kernel, args) in &m.kernels {
             writeln!(out, "    /// `{kernel}`, taking [`{args}`].").unwrap();

@@ -77,6 +77,8 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // The build does not contract a * b + c (-ffp-contract=off): a plain product is already
 // the correctly rounded, never-fused one.
 inline float __fmul_rn(float x, float y) { return x * y; }
+inline double __dmul_rn(double x, double y) { return x * y; }
+inline double __dadd_rn(double x, double y) { return x + y; }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 // CUDA's integer min and max overloads.

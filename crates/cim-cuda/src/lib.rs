@@ -10,6 +10,9 @@
 //! `build.rs` turns each kernel's parameter struct into Rust, so the two sides share one
 //! declaration.
 //!
+//! Beside the ops, [`PairRenderer`] is the on-device data path: it renders exemplar-context
+//! pairs (S2) from uploaded 8-bit search views straight into the model's input buffers.
+//!
 //! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]) or with TF32 inputs on tensor
 //! cores ([`Precision::Tf32`], [`GemmMath`]). Reductions use fixed trees, never atomics, so
 //! the same inputs give the same bits on every run.
@@ -27,6 +30,7 @@ pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
 pub use device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
 pub use error::CudaError;
+pub use ops::render::{PairOutputs, PairRenderer};
 pub use ops::{compile_module, kernel_sources, nvrtc_unavailable_reason};
 
 use ops::{Kernel, KernelParams};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use cim_data::{
     CropBox, Dataset, Kernel, Loader, LoaderOptions, PackOptions, PairConfig, decode_rgb8,
-    make_pair, pack, plan_pair, render_exemplar, resize, resize_crop, sample,
+    make_pair, pack, plan_pair, render_exemplar, resize, resize_crop, sample, search_view,
 };
 use cim_spec::rng::CimRng;
 
@@ -174,13 +174,7 @@ fn main() {
         let img = ds.load(i % n).expect("loads");
         let plan =
             plan_pair(img.width(), img.height(), &cfg, &mut CimRng::new(i as u64)).expect("plans");
-        let crop = CropBox {
-            x0: plan.search.x0,
-            y0: plan.search.y0,
-            w: plan.search.w,
-            h: plan.search.h,
-        };
-        black_box(resize_crop(&img, crop, 224, 224, Kernel::Bicubic));
+        black_box(search_view(&img, &plan.search, cfg.input_size).expect("fits"));
     };
     let files_view = rate(secs, |i| search_only(&ds, i));
     let shards_view = rate(secs, |i| search_only(&shards, i));

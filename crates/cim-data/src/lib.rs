@@ -27,9 +27,13 @@ pub use error::DataError;
 pub use loader::{Batch, Loader, LoaderOptions, SkipPolicy, SkipRecord, epoch_order, sample};
 pub use pair::{
     MEAN, Pair, PairConfig, PairPlan, STD, denormalize, make_pair, plan_pair, render_pair,
+    search_view,
 };
-pub use photometric::{Jitter, JitterOp, Photometric, PhotometricDraw};
-pub use resample::{CropBox, Kernel, render_exemplar, resize, resize_crop};
+pub use photometric::{Jitter, JitterOp, Photometric, PhotometricDraw, blur_radius};
+pub use resample::{
+    CropBox, Kernel, RESIZE_PRECISION_BITS, ResizeCoefficients, render_exemplar, resize,
+    resize_coefficients, resize_crop,
+};
 pub use rgb::RgbImage;
 pub use shards::{PackOptions, PackSummary, SHARD_INDEX, pack};
 pub use sheet::pair_sheet;

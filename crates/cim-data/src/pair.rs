@@ -164,6 +164,35 @@ pub fn make_pair(img: &RgbImage, cfg: &PairConfig, rng: &mut CimRng) -> Result<P
     render_pair(img, plan, cfg)
 }
 
+/// The search view of S2 item 2: the box cut from `img`, resampled to `input_size` squared
+/// (antialiased bicubic, as PIL) and mirrored when the box says so. Everything else of a
+/// pair is rendered from it, by [`render_pair`] or, after an 8-bit upload, on a GPU.
+pub fn search_view(
+    img: &RgbImage,
+    search: &SearchViewBox,
+    input_size: usize,
+) -> Result<RgbImage, DataError> {
+    let crop = CropBox {
+        x0: search.x0,
+        y0: search.y0,
+        w: search.w,
+        h: search.h,
+    };
+    let side = u32::try_from(input_size)
+        .map_err(|_| DataError::Config(format!("input_size = {input_size} is too large")))?;
+    let mut view = resize_crop(img, crop, side, side, Kernel::Bicubic).ok_or_else(|| {
+        DataError::Config(format!(
+            "search box {crop:?} does not fit the {} x {} image (or input_size is 0)",
+            img.width(),
+            img.height()
+        ))
+    })?;
+    if search.flip {
+        view.flip_horizontal();
+    }
+    Ok(view)
+}
+
 /// Renders a planned pair from its source image.
 pub fn render_pair(img: &RgbImage, plan: PairPlan, cfg: &PairConfig) -> Result<Pair, DataError> {
     cfg.validate()?;
@@ -176,24 +205,7 @@ pub fn render_pair(img: &RgbImage, plan: PairPlan, cfg: &PairConfig) -> Result<P
         )));
     }
     let (s, m, n) = (cfg.input_size, cfg.context_size, cfg.exemplar_size);
-    let sb = plan.search;
-    let crop = CropBox {
-        x0: sb.x0,
-        y0: sb.y0,
-        w: sb.w,
-        h: sb.h,
-    };
-    let mut search_view =
-        resize_crop(img, crop, s as u32, s as u32, Kernel::Bicubic).ok_or_else(|| {
-            DataError::Config(format!(
-                "search box {crop:?} does not fit the {} x {} image",
-                img.width(),
-                img.height()
-            ))
-        })?;
-    if sb.flip {
-        search_view.flip_horizontal();
-    }
+    let search_view = search_view(img, &plan.search, s)?;
     let context_rgb = if m == s {
         search_view.clone()
     } else {

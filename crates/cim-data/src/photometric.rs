@@ -292,12 +292,17 @@ fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
     }
 }
 
-/// Separable Gaussian blur with the kernel truncated at 3 sigma (at least one tap each
-/// side) and clamp-to-edge borders, each plane of `img` (n x n) in place. Each line is
-/// first copied into a buffer padded with its edge values, so the convolution itself runs
-/// without index clamping.
+/// Taps each side of the Gaussian blur of `sigma` (pixels): the kernel is truncated at
+/// 3 sigma, with at least one tap each side.
+pub fn blur_radius(sigma: f64) -> usize {
+    ((3.0 * sigma).ceil() as usize).max(1)
+}
+
+/// Separable Gaussian blur with the kernel truncated at [`blur_radius`] and clamp-to-edge
+/// borders, each plane of `img` (n x n) in place. Each line is first copied into a buffer
+/// padded with its edge values, so the convolution itself runs without index clamping.
 fn gaussian_blur(img: &mut [f32], n: usize, sigma: f64, scratch: &mut Vec<f32>) {
-    let radius = ((3.0 * sigma).ceil() as usize).max(1);
+    let radius = blur_radius(sigma);
     let mut kernel: Vec<f32> = (0..=2 * radius)
         .map(|i| {
             let d = i as f64 - radius as f64;

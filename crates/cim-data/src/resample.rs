@@ -81,19 +81,25 @@ impl Kernel {
 }
 
 /// Pillow's fixed-point precision for 8-bit images: 32 bits minus 8 for the sample minus 2
-/// for the headroom of negative lobes.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// for the headroom of negative lobes. A pass's value is `(2^(P-1) + sum of byte * weight)
+/// >> P`, clamped to 0..=255.
+pub const RESIZE_PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// One axis of a resize: for each output pixel the first input index, the tap count and
-/// `ksize` fixed-point weights.
-struct Coeffs {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    weights: Vec<i32>,
+/// `ksize` fixed-point weights (the GPU renderer uploads them, so its resize is this one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResizeCoefficients {
+    /// Weights stored per output pixel (only the first `count` of them are used).
+    pub ksize: usize,
+    /// Per output pixel: the first input index and the tap count.
+    pub bounds: Vec<(usize, usize)>,
+    /// `out_size * ksize` weights in [`RESIZE_PRECISION_BITS`] fixed point.
+    pub weights: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box [0, in_size].
-fn coeffs(in_size: usize, out_size: usize, kernel: Kernel) -> Coeffs {
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box [0, in_size]: the
+/// taps of one axis of [`resize_crop`] from `in_size` to `out_size` pixels.
+pub fn resize_coefficients(in_size: usize, out_size: usize, kernel: Kernel) -> ResizeCoefficients {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = kernel.support() * filterscale;
@@ -115,7 +121,7 @@ fn coeffs(in_size: usize, out_size: usize, kernel: Kernel) -> Coeffs {
         }
         for (x, w) in row[..count].iter_mut().enumerate() {
             let k = if total != 0.0 { pre[x] / total } else { pre[x] };
-            let fixed = k * f64::from(1u32 << PRECISION_BITS);
+            let fixed = k * f64::from(1u32 << RESIZE_PRECISION_BITS);
             *w = if k < 0.0 {
                 (fixed - 0.5) as i32
             } else {
@@ -124,7 +130,7 @@ fn coeffs(in_size: usize, out_size: usize, kernel: Kernel) -> Coeffs {
         }
         bounds.push((xmin, count));
     }
-    Coeffs {
+    ResizeCoefficients {
         ksize,
         bounds,
         weights,
@@ -133,7 +139,7 @@ fn coeffs(in_size: usize, out_size: usize, kernel: Kernel) -> Coeffs {
 
 #[inline(always)]
 fn clip8(acc: i32) -> u8 {
-    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+    (acc >> RESIZE_PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// A crop of an image: columns `x0..x0 + w`, rows `y0..y0 + h`.
@@ -199,7 +205,7 @@ fn resize_crop_impl(
         &data[start..start + w * 3]
     };
 
-    let vert = (oh != h).then(|| coeffs(h, oh, kernel));
+    let vert = (oh != h).then(|| resize_coefficients(h, oh, kernel));
     // Rows of the crop the vertical pass reads; the horizontal pass computes only those.
     let (row_first, row_last) = match &vert {
         Some(v) => {
@@ -213,7 +219,7 @@ fn resize_crop_impl(
 
     // Horizontal pass into an 8-bit intermediate of `rows` x `ow`.
     let temp: Vec<u8> = if ow != w {
-        let hc = coeffs(w, ow, kernel);
+        let hc = resize_coefficients(w, ow, kernel);
         let mut temp = vec![0u8; rows * ow * 3];
         for (r, out_row) in temp.chunks_exact_mut(ow * 3).enumerate() {
             let row = crop_row(row_first + r);
@@ -221,7 +227,7 @@ fn resize_crop_impl(
                 let (xmin, count) = hc.bounds[xx];
                 let k = &hc.weights[xx * hc.ksize..xx * hc.ksize + count];
                 let px = &row[xmin * 3..(xmin + count) * 3];
-                let half = 1i32 << (PRECISION_BITS - 1);
+                let half = 1i32 << (RESIZE_PRECISION_BITS - 1);
                 let (mut s0, mut s1, mut s2) = (half, half, half);
                 for (p, &kw) in px.chunks_exact(3).zip(k) {
                     s0 += i32::from(p[0]) * kw;
@@ -250,7 +256,7 @@ fn resize_crop_impl(
             for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
                 let (ymin, count) = vc.bounds[yy];
                 let k = &vc.weights[yy * vc.ksize..yy * vc.ksize + count];
-                acc.fill(1 << (PRECISION_BITS - 1));
+                acc.fill(1 << (RESIZE_PRECISION_BITS - 1));
                 // Row-at-a-time accumulation: the inner loop runs over contiguous bytes,
                 // which the compiler vectorises.
                 for (y, &kw) in k.iter().enumerate() {
