@@ -4,7 +4,8 @@
 # under $OUT (default: gpu-results/), and a summary.json that says what passed:
 #   1. the conformance suite and whole micro steps on the GPU, with f32 GEMMs and with TF32
 #      tensor-core GEMMs (bf16 tolerance column), CIM_REQUIRE_GPU=1;
-#   2. `cim-cuda selftest` (the preflight alone), as JSON;
+#   2. `cim-cuda selftest` (the preflight alone), as JSON; the on-device pair renderer
+#      against cim-data's CPU renderer;
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
 #   4. the benchmark: our ViT-B/16 CIM step (f32 and TF32 GEMMs), and the same step in
 #      PyTorch on the same card,
@@ -79,6 +80,7 @@ torch_bench eager none 90
 part pretrain 120 "${cim[@]}" pretrain --recipe "$recipe" --data data/photos --out "$OUT/run" \
     --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
 part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
+((dry_run)) || part render 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-render" gpu_renders_like_the_cpu
 # torch.compile takes a minute even for the micro model on a CPU: not in the dry run.
 ((dry_run)) || torch_bench compile bf16 200
 if ((dry_run)); then

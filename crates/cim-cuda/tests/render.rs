@@ -25,7 +25,9 @@
 
 use std::path::Path;
 
-use cim_cuda::{Cuda, Device, DeviceBuffer, Emulator, Gpu, PairOutputs, gpu_unavailable_reason};
+mod common;
+
+use cim_cuda::{Cuda, Device, DeviceBuffer, Emulator, PairOutputs};
 use cim_data::{
     Dataset, Jitter, JitterOp, Kernel, MEAN, Pair, PairConfig, PairPlan, Photometric,
     PhotometricDraw, RgbImage, STD, plan_pair, render_pair,
@@ -397,13 +399,9 @@ fn emulator_renders_other_sizes_and_kernels_like_the_cpu() {
 
 #[test]
 fn gpu_renders_like_the_cpu() {
-    let required = std::env::var("CIM_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    if let Some(reason) = gpu_unavailable_reason() {
-        assert!(!required, "CIM_REQUIRE_GPU=1 but {reason}");
-        eprintln!("skipped: {reason}");
+    let Some(cuda) = common::gpu_or_skip() else {
         return;
-    }
-    let cuda: Cuda<Gpu> = Cuda::gpu(0).unwrap_or_else(|e| panic!("opening GPU 0: {e}"));
+    };
     for case in &cases() {
         run_case(&cuda, case);
     }
