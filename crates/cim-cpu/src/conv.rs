@@ -169,8 +169,8 @@ impl Conv for Cpu {
                     acc.iter_mut().for_each(|s| *s *= a.scale);
                 }
                 // dt: tap (u, v) carried input (i + u - ph, j + v - pw) to output (i, j);
-                // a sum over the whole map, in f64.
-                // Channels go in blocks of stack accumulators.
+                // a sum over the whole map, in f64 stack accumulators for a block of
+                // channels at a time.
                 let (head, taps) = dtm.split_at_mut(c);
                 head.fill(0.0);
                 for (q, out) in taps.chunks_exact_mut(c).enumerate() {
