@@ -19,7 +19,7 @@ use crate::runs;
 use crate::trainer::STOP_REQUESTED;
 use crate::trainer::{self, PairSource, Resume, TrainOptions};
 use crate::visualize;
-use cim_data::SkipPolicy;
+use cim_data::{Shard, SkipPolicy};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -382,7 +382,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                     log: Some(out.join("skipped.jsonl")),
                 },
             };
-            let mut source = DataSource::open(&recipe, None, skip)?;
+            let mut source = DataSource::open(&recipe, None, skip, Shard::WHOLE)?;
             eprintln!(
                 "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch)",
                 recipe.name,
