@@ -266,7 +266,11 @@ fn gather_ranks(
 ) -> Result<Vec<Link>> {
     let place = format!("{}:{}", master.addr, master.port);
     let listener = TcpListener::bind((master.addr.as_str(), master.port))
-        .with_context(|| format!("rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {place}"))?;
+        .with_context(|| {
+            format!(
+                "rank 0 cannot listen on MASTER_ADDR:MASTER_PORT = {place} (is another process using the port? a torchrun agent holds it for its own store: start the ranks directly)"
+            )
+        })?;
     listener
         .set_nonblocking(true)
         .context("configuring the rendezvous listener")?;
