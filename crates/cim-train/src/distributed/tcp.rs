@@ -215,7 +215,11 @@ pub fn rendezvous(
 ) -> Result<Rendezvous> {
     let deadline = Instant::now() + timeout;
     let (payload, links) = match &world.master {
-        None => (payload(), Vec::new()),
+        None if world.size == 1 => (payload(), Vec::new()),
+        None => bail!(
+            "a world of {} ranks needs rank 0's address (MASTER_ADDR and MASTER_PORT)",
+            world.size
+        ),
         Some(master) if world.is_root() => {
             let mut links = gather_ranks(world, master, fingerprint, deadline, timeout)?;
             let payload = payload();
@@ -320,7 +324,8 @@ fn accept_before(
                     .context("configuring an accepted connection")?;
                 return Ok(Some((stream, from)));
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            // Interrupted: a signal (Ctrl-C sets the stop flag) landed during the call.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                 if Instant::now() >= deadline {
                     return Ok(None);
                 }
