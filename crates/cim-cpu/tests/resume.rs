@@ -32,7 +32,6 @@ fn opts(dir: &std::path::Path, resume: Resume, max_steps: Option<u64>) -> TrainO
         resume,
         max_steps,
         progress: false,
-        world_size: 1,
     }
 }
 

@@ -24,7 +24,9 @@ pub use check::{ClassCount, Problem, Report, check_data};
 pub use dataset::{Dataset, IMAGE_EXTENSIONS, Layout, has_image_extension};
 pub use decode::{ImageFormat, MAX_PIXELS, decode_rgb8, read_rgb8};
 pub use error::DataError;
-pub use loader::{Batch, Loader, LoaderOptions, SkipPolicy, SkipRecord, epoch_order, sample};
+pub use loader::{
+    Batch, Loader, LoaderOptions, Shard, SkipPolicy, SkipRecord, epoch_order, sample,
+};
 pub use pair::{
     MEAN, Pair, PairConfig, PairPlan, STD, denormalize, make_pair, plan_pair, render_pair,
     search_view,

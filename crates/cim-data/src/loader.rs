@@ -9,6 +9,11 @@
 //! it, replacing the sample deterministically (the next image in dataset order, with its
 //! own generator) so batch shapes stay fixed; skips are counted, written as JSON lines in
 //! batch order by the consuming thread, and end the epoch with an error past the budget.
+//!
+//! For data-parallel training each process reads one [`Shard`] of the epoch: the order is
+//! cut into groups of `count` batches and shard `index` takes the `index`-th batch of every
+//! group, so batch `b` of all shards together is exactly batch `b` of one loader with
+//! `count` times the batch size.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -57,6 +62,31 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
     order
 }
 
+/// The part of every epoch one of `count` data-parallel processes reads (see the module
+/// documentation); [`Shard::WHOLE`] is the whole epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's part, below `count`.
+    pub index: usize,
+    /// Processes sharing the epoch.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole epoch, for a single process.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// The epoch positions of this shard, in order: of every whole group of `count`
+    /// batches of `batch_size` in `order`, the `index`-th batch.
+    fn select(&self, order: &[usize], batch_size: usize) -> Vec<usize> {
+        order
+            .chunks_exact(batch_size * self.count)
+            .flat_map(|group| &group[self.index * batch_size..(self.index + 1) * batch_size])
+            .copied()
+            .collect()
+    }
+}
+
 /// What to do with a file that cannot be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipPolicy {
@@ -97,6 +127,20 @@ pub struct LoaderOptions {
     /// First batch to produce, for a run resumed mid-epoch: batches before it are neither
     /// built nor yielded, and those after it equal an uninterrupted epoch's.
     pub start_batch: usize,
+    /// The part of the epoch to read (data-parallel training); a shard of more than one
+    /// process needs `drop_last`, so that every process gets the same number of batches.
+    pub shard: Shard,
+}
+
+impl LoaderOptions {
+    /// Batches an epoch of `images` yields (in this shard).
+    pub fn batches(&self, images: usize) -> usize {
+        match self.batch_size * self.shard.count {
+            0 => 0,
+            group if self.drop_last => images / group,
+            group => images.div_ceil(group),
+        }
+    }
 }
 
 impl Default for LoaderOptions {
@@ -111,6 +155,7 @@ impl Default for LoaderOptions {
             drop_last: true,
             skip: SkipPolicy::Fail,
             start_batch: 0,
+            shard: Shard::WHOLE,
         }
     }
 }
@@ -371,7 +416,8 @@ pub struct Loader {
 
 impl Loader {
     /// Starts the workers for one epoch. Errors: a bad pair configuration, a zero batch
-    /// size, no full batch with `drop_last`, `start_batch` past the end, an unopenable log.
+    /// size, a shard outside its count or of several processes without `drop_last`, no full
+    /// batch with `drop_last`, `start_batch` past the end, an unopenable log.
     pub fn new(
         dataset: Arc<Dataset>,
         cfg: PairConfig,
@@ -382,15 +428,24 @@ impl Loader {
         if opts.batch_size == 0 {
             return Err(DataError::Config("batch_size must be positive".into()));
         }
-        let batches = if opts.drop_last {
-            n / opts.batch_size
-        } else {
-            n.div_ceil(opts.batch_size)
-        };
+        let shard = opts.shard;
+        if shard.count == 0 || shard.index >= shard.count {
+            return Err(DataError::Config(format!(
+                "shard {} of {} does not exist",
+                shard.index, shard.count
+            )));
+        }
+        if shard.count > 1 && !opts.drop_last {
+            return Err(DataError::Config(format!(
+                "a shard of {} processes needs drop_last, so that all of them get the same batches",
+                shard.count
+            )));
+        }
+        let batches = opts.batches(n);
         if batches == 0 {
             return Err(DataError::Config(format!(
-                "{n} images make no full batch of {}",
-                opts.batch_size
+                "{n} images make no full batch of {} for each of {} process(es)",
+                opts.batch_size, shard.count
             )));
         }
         if opts.start_batch > batches {
@@ -418,12 +473,15 @@ impl Loader {
         };
         let workers = opts.workers.max(1);
         let window = opts.prefetch.max(1);
+        let mut order = epoch_order(n, opts.seed, opts.epoch, opts.shuffle);
+        if shard != Shard::WHOLE {
+            order = shard.select(&order, opts.batch_size);
+        }
         let end_position = if opts.drop_last {
             batches * opts.batch_size
         } else {
             n
         };
-        let order = epoch_order(n, opts.seed, opts.epoch, opts.shuffle);
         let (start, batch_size) = (opts.start_batch, opts.batch_size);
         let shared = Arc::new(Shared {
             job: Job {

@@ -1,12 +1,13 @@
 //! The loader: batches in the model's layout, identical for any worker count, resumable
 //! mid-epoch, and bad files handled by the skip policy (fail with the file's error, or
-//! replace, log and count until the budget runs out).
+//! replace, log and count until the budget runs out); the shards of data-parallel
+//! processes together make exactly the single-process epoch.
 
 mod common;
 
 use std::sync::Arc;
 
-use cim_data::{DataError, Dataset, Loader, LoaderOptions, SkipPolicy, epoch_order, sample};
+use cim_data::{DataError, Dataset, Loader, LoaderOptions, Shard, SkipPolicy, epoch_order, sample};
 use common::*;
 
 fn dataset(dir: &std::path::Path, images: usize, bad: &[usize]) -> Arc<Dataset> {
@@ -36,6 +37,7 @@ fn options(workers: usize) -> LoaderOptions {
         drop_last: false,
         skip: SkipPolicy::Fail,
         start_batch: 0,
+        shard: Shard::WHOLE,
     }
 }
 
@@ -208,6 +210,64 @@ fn skipped_files_are_replaced_logged_and_counted_within_the_budget() {
 }
 
 #[test]
+fn shards_together_make_the_single_process_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    // 23 images: batches of 2 x 3 shards leave 5 images out, like one loader of batch 6.
+    let ds = dataset(dir.path(), 23, &[]);
+    let cfg = small_cfg();
+    let whole: Vec<_> = Loader::new(
+        Arc::clone(&ds),
+        cfg,
+        LoaderOptions {
+            batch_size: 6,
+            drop_last: true,
+            ..options(2)
+        },
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(whole.len(), 3);
+    let shards: Vec<Vec<_>> = (0..3)
+        .map(|index| {
+            let opts = LoaderOptions {
+                batch_size: 2,
+                drop_last: true,
+                shard: Shard { index, count: 3 },
+                ..options(2)
+            };
+            assert_eq!(opts.batches(ds.len()), 3);
+            Loader::new(Arc::clone(&ds), cfg, opts)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        })
+        .collect();
+    for (b, batch) in whole.iter().enumerate() {
+        let joined: Vec<usize> = shards.iter().flat_map(|s| s[b].indices.clone()).collect();
+        assert_eq!(joined, batch.indices, "batch {b}");
+        let context: Vec<f32> = shards.iter().flat_map(|s| s[b].context.clone()).collect();
+        assert_eq!(context, batch.context, "batch {b}: the same samples");
+    }
+    // A shard resumed mid-epoch continues its own sequence.
+    let resumed: Vec<_> = Loader::new(
+        Arc::clone(&ds),
+        cfg,
+        LoaderOptions {
+            batch_size: 2,
+            drop_last: true,
+            shard: Shard { index: 1, count: 3 },
+            start_batch: 2,
+            ..options(1)
+        },
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(resumed, shards[1][2..]);
+}
+
+#[test]
 fn impossible_options_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let ds = dataset(dir.path(), 3, &[]);
@@ -224,6 +284,23 @@ fn impossible_options_are_errors() {
         },
         LoaderOptions {
             start_batch: 5,
+            ..options(1)
+        },
+        LoaderOptions {
+            batch_size: 1,
+            drop_last: true,
+            shard: Shard { index: 2, count: 2 },
+            ..options(1)
+        },
+        LoaderOptions {
+            batch_size: 1,
+            shard: Shard { index: 0, count: 2 },
+            ..options(1)
+        },
+        LoaderOptions {
+            batch_size: 1,
+            drop_last: true,
+            shard: Shard { index: 0, count: 4 },
             ..options(1)
         },
     ];

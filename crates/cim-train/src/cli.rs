@@ -11,6 +11,7 @@ use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::data::DataSource;
+use crate::distributed::{Collective, SingleProcess, TcpCollective, World};
 use crate::dump::{self, DumpOptions};
 use crate::eval;
 use crate::export;
@@ -19,9 +20,10 @@ use crate::runs;
 use crate::trainer::STOP_REQUESTED;
 use crate::trainer::{self, PairSource, Resume, TrainOptions};
 use crate::visualize;
-use cim_data::SkipPolicy;
+use cim_data::{Shard, SkipPolicy};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// CIM pre-training.
 #[derive(Parser, Debug)]
@@ -117,6 +119,10 @@ pub enum Command {
         /// on for cim-cuda, off for cim-cpu).
         #[arg(long, value_enum, default_value_t = Switch::Auto)]
         preflight: Switch,
+        /// Data-parallel runs (WORLD_SIZE > 1): seconds to wait for the other ranks, at the
+        /// start and at every exchange of gradients or decisions.
+        #[arg(long, default_value_t = 600)]
+        dist_timeout: u64,
     },
     /// Draw the paper's Figure 5 (contexts, exemplars, true and predicted maps) from a
     /// checkpoint and a folder of images, and print the maps' mean IoU.
@@ -348,7 +354,12 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
             skip_bad_files,
             no_progress,
             preflight,
+            dist_timeout,
         } => {
+            let world = World::from_env()?;
+            if dist_timeout == 0 {
+                bail!("--dist-timeout must be at least 1 second");
+            }
             let preflight = match preflight {
                 Switch::Auto => defaults.preflight,
                 Switch::On => true,
@@ -379,27 +390,71 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 None => SkipPolicy::Fail,
                 Some(budget) => SkipPolicy::Skip {
                     budget,
-                    log: Some(out.join("skipped.jsonl")),
+                    log: Some(out.join(match world.rank {
+                        0 => "skipped.jsonl".to_string(),
+                        r => format!("skipped-rank{r}.jsonl"),
+                    })),
                 },
             };
-            let mut source = DataSource::open(&recipe, None, skip)?;
-            eprintln!(
-                "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch)",
-                recipe.name,
-                source.images(),
-                recipe.data.path,
-                backend.name(),
-                source.batches_per_epoch(),
-                recipe.optim.batch_size
-            );
+            let shard = Shard {
+                index: world.rank,
+                count: world.size,
+            };
+            let mut source = DataSource::open(&recipe, None, skip, shard)?;
+            if world.is_root() {
+                eprintln!(
+                    "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch{})",
+                    recipe.name,
+                    source.images(),
+                    recipe.data.path,
+                    backend.name(),
+                    source.batches_per_epoch(),
+                    recipe.optim.batch_size,
+                    match world.size {
+                        1 => String::new(),
+                        n => format!(" on each of {n} ranks"),
+                    }
+                );
+            }
+            let mut comm: Box<dyn Collective<B>> = match world.size {
+                1 => Box::new(SingleProcess),
+                _ => {
+                    let fingerprint = format!(
+                        "recipe {}, backend {}, cim-train {}",
+                        recipe.hash(),
+                        backend.name(),
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    let timeout = Duration::from_secs(dist_timeout);
+                    Box::new(TcpCollective::connect(&world, &fingerprint, timeout)?)
+                }
+            };
             let opts = TrainOptions {
                 run_dir: out.clone(),
                 resume,
                 max_steps,
                 progress: !no_progress,
-                world_size: 1,
             };
-            let summary = trainer::pretrain(backend, &recipe, &mut source, &opts)?;
+            let summary =
+                trainer::pretrain_distributed(backend, &recipe, &mut source, &opts, comm.as_mut())?;
+            let outcome = if summary.interrupted {
+                "stopped"
+            } else {
+                "finished"
+            };
+            let agreement = summary.replica_digest.as_ref().map_or(String::new(), |d| {
+                format!(
+                    "; all {} ranks hold the same model (digest {d})",
+                    world.size
+                )
+            });
+            if !world.is_root() {
+                println!(
+                    "rank {} {outcome} after {} steps{agreement}; rank 0 wrote the run folder",
+                    world.rank, summary.steps
+                );
+                return Ok(());
+            }
             let figure = out.join("figure5.png");
             let count = source.images().min(4);
             let (_, mut model, _, _) = runs::open(backend, &out, count)?;
@@ -419,12 +474,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 &figure,
             )?;
             println!(
-                "{} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3})",
-                if summary.interrupted {
-                    "stopped"
-                } else {
-                    "finished"
-                },
+                "{outcome} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3}){agreement}",
                 summary.steps,
                 if summary.last_loss.is_finite() {
                     format!("{:.4}", summary.last_loss)

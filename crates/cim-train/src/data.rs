@@ -3,14 +3,17 @@
 //!
 //! The loader produces an epoch in order from any starting batch, and every sample is a
 //! function of (seed, epoch, index), so asking for micro-batch `i` of epoch `e` gives the
-//! same data whether the epoch was read from its start or resumed at `i`.
+//! same data whether the epoch was read from its start or resumed at `i`. A rank of a
+//! data-parallel run reads its [`Shard`] of every micro-batch.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cim_data::{Dataset, Kernel, Loader, LoaderOptions, PairConfig, Photometric, SkipPolicy};
+use cim_data::{
+    Dataset, Kernel, Loader, LoaderOptions, PairConfig, Photometric, Shard, SkipPolicy,
+};
 
 use crate::recipe::Recipe;
 use crate::synthetic::HostBatch;
@@ -49,8 +52,14 @@ pub struct DataSource {
 
 impl DataSource {
     /// Opens the recipe's dataset (or `path` when given) with the recipe's geometry;
-    /// `skip` decides what happens to undecodable files.
-    pub fn open(recipe: &Recipe, path: Option<&Path>, skip: SkipPolicy) -> Result<Self> {
+    /// `skip` decides what happens to undecodable files; `shard` is the part of every
+    /// micro-batch this process reads ([`Shard::WHOLE`] for a single process).
+    pub fn open(
+        recipe: &Recipe,
+        path: Option<&Path>,
+        skip: SkipPolicy,
+        shard: Shard,
+    ) -> Result<Self> {
         let path = path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| recipe.data.path.clone().into());
@@ -74,6 +83,7 @@ impl DataSource {
             drop_last: true,
             skip,
             start_batch: 0,
+            shard,
         };
         Ok(DataSource {
             dataset: Arc::new(dataset),
@@ -92,7 +102,7 @@ impl DataSource {
 
 impl PairSource for DataSource {
     fn batches_per_epoch(&self) -> u64 {
-        (self.dataset.len() / self.options.batch_size) as u64
+        self.options.batches(self.dataset.len()) as u64
     }
 
     fn batch(&mut self, epoch: u64, index: u64) -> Result<HostBatch> {

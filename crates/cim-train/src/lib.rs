@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod data;
 mod device;
+pub mod distributed;
 pub mod dump;
 pub mod eval;
 pub mod export;

@@ -1,11 +1,20 @@
 //! The pre-training loop over any backend: S6 learning-rate schedule and accumulation,
 //! S7 momentum schedule and EMA, skipping of non-finite steps, metrics, checkpoints,
-//! resumption and graceful interruption.
+//! resumption and graceful interruption, in one process or as one rank of a data-parallel
+//! run.
 //!
 //! Micro-batch `i` of epoch `e` is always the same data (the source derives it from the
 //! seed, `e` and `i`), and every other piece of state is in the checkpoint, so stopping
 //! and resuming changes nothing: on the CPU a resumed run equals an uninterrupted one
 //! bit for bit (tested).
+//!
+//! Data-parallel: every rank builds the same model from the same seed and reads its own
+//! shard of each micro-batch; the gradients are summed over the ranks (each rank's loss is
+//! already divided by the world size, so the sum is the mean) before clipping, AdamW and
+//! EMA, so every rank takes the same step and holds the same bits. The ranks decide
+//! together to stop (a signal on any of them), and skip the same steps since they see the
+//! same summed gradients and loss. Only rank 0 writes to the run folder, after every rank
+//! showed it holds the same model.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -22,6 +31,9 @@ use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
 use crate::device::backend_err;
+use crate::distributed::{
+    self, Collective, DEFAULT_BUCKET_BYTES, SingleProcess, StepVote, check_replicas,
+};
 use crate::plot;
 use crate::recipe::Recipe;
 use crate::synthetic::{self, HostBatch};
@@ -85,8 +97,6 @@ pub struct TrainOptions {
     pub max_steps: Option<u64>,
     /// Draw a progress bar when standard error is a terminal.
     pub progress: bool,
-    /// Devices taking part (scales the effective batch, S6).
-    pub world_size: usize,
 }
 
 /// What a run did.
@@ -102,6 +112,9 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run early.
     pub interrupted: bool,
+    /// The model-state digest every rank agreed on at the last checkpoint
+    /// ([`distributed::state_digest`]); `None` for a single process.
+    pub replica_digest: Option<String>,
 }
 
 /// Keeps only the metric lines of steps up to `step` (a resumed run rewrites what came
@@ -142,16 +155,51 @@ pub fn plot_loss(run_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Runs (or continues) pre-training.
+/// Checkpoints `model` at `state`: every rank first shows it holds the same model, then
+/// rank 0 writes the folder. Returns the folder (rank 0) and the digest the ranks agreed
+/// on (several ranks).
+fn save_checkpoint<B: Backend>(
+    b: &B,
+    comm: &mut dyn Collective<B>,
+    model: &Cim<B>,
+    state: &TrainState,
+    run: &Path,
+    keep_last: usize,
+) -> Result<(Option<PathBuf>, Option<String>)> {
+    let digest = check_replicas(b, comm, model, &format!("at step {}", state.step))?;
+    let dir = match comm.rank() {
+        0 => Some(checkpoint::save(b, model, state, run, keep_last)?),
+        _ => None,
+    };
+    Ok((dir, digest))
+}
+
+/// Runs (or continues) pre-training in a single process.
 pub fn pretrain<B: Backend>(
     b: &B,
     recipe: &Recipe,
     source: &mut dyn PairSource,
     opts: &TrainOptions,
 ) -> Result<Summary> {
+    pretrain_distributed(b, recipe, source, opts, &mut SingleProcess)
+}
+
+/// Runs (or continues) pre-training as one rank of `comm`'s data-parallel run: `source`
+/// yields this rank's shard of every micro-batch (`optim.batch_size` contexts each, so the
+/// effective batch of S6 is that times `optim.accum_iter` times the world size). Every
+/// rank must call it with the same recipe and options; only rank 0 writes to the run
+/// folder, which every rank must see to resume.
+pub fn pretrain_distributed<B: Backend>(
+    b: &B,
+    recipe: &Recipe,
+    source: &mut dyn PairSource,
+    opts: &TrainOptions,
+    comm: &mut dyn Collective<B>,
+) -> Result<Summary> {
     let config = recipe.model_config()?;
     let o = &recipe.optim;
     let run = &opts.run_dir;
+    let (root, world) = (comm.rank() == 0, comm.world_size());
     fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let resume_from = match &opts.resume {
         Resume::No => {
@@ -168,21 +216,29 @@ pub fn pretrain<B: Backend>(
         Resume::From(p) => Some(p.clone()),
     };
     let recipe_path = run.join("recipe.toml");
-    if resume_from.is_some() && recipe_path.exists() {
-        let saved = Recipe::read_resolved(&recipe_path)?;
-        if saved.hash() != recipe.hash() {
-            bail!(
-                "the recipe differs from the one {} was started with ({}); resume with the same recipe and overrides",
-                run.display(),
-                recipe_path.display()
-            );
+    if root {
+        if resume_from.is_some() && recipe_path.exists() {
+            let saved = Recipe::read_resolved(&recipe_path)?;
+            if saved.hash() != recipe.hash() {
+                bail!(
+                    "the recipe differs from the one {} was started with ({}); resume with the same recipe and overrides",
+                    run.display(),
+                    recipe_path.display()
+                );
+            }
         }
+        let tmp = run.join("recipe.toml.partial");
+        fs::write(&tmp, recipe.to_toml())?;
+        fs::rename(&tmp, &recipe_path)?;
     }
-    let tmp = run.join("recipe.toml.partial");
-    fs::write(&tmp, recipe.to_toml())?;
-    fs::rename(&tmp, &recipe_path)?;
 
     let per_epoch = source.batches_per_epoch();
+    distributed::ensure_agreement(
+        comm,
+        "the micro-batches per epoch",
+        &per_epoch.to_string(),
+        "every rank must read the same images",
+    )?;
     if per_epoch < o.accum_iter as u64 {
         bail!(
             "the data gives {per_epoch} micro-batches of {} per epoch, fewer than one optimizer step (accum_iter {}): add images or lower optim.batch_size",
@@ -212,23 +268,31 @@ pub fn pretrain<B: Backend>(
                 dir.display()
             );
         }
-        eprintln!(
-            "resuming from {} (step {}, epoch {}, batch {})",
-            dir.display(),
-            state.step,
-            state.epoch,
-            state.next_batch
-        );
+        if root {
+            eprintln!(
+                "resuming from {} (step {}, epoch {}, batch {})",
+                dir.display(),
+                state.step,
+                state.epoch,
+                state.next_batch
+            );
+        }
     }
+    check_replicas(b, comm, &model, "at the start")?;
     let metrics_path = run.join("metrics.jsonl");
-    truncate_metrics(&metrics_path, state.step)?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut metrics = if root {
+        truncate_metrics(&metrics_path, state.step)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?;
+        Some(file)
+    } else {
+        None
+    };
 
-    let eff_batch = o.batch_size * o.accum_iter * opts.world_size.max(1);
+    let eff_batch = o.batch_size * o.accum_iter * world;
     let peak = schedule::scaled_lr(o.blr, eff_batch);
     let lr_schedule = LrSchedule::new(peak, o.min_lr, o.warmup_epochs, o.epochs as f64)
         .map_err(|e| anyhow!("{e:?}"))?;
@@ -238,7 +302,7 @@ pub fn pretrain<B: Backend>(
         .max_steps
         .unwrap_or(u64::MAX)
         .min(o.epochs as u64 * steps_per_epoch);
-    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+    let bar = (root && opts.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(total_steps);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
@@ -249,9 +313,12 @@ pub fn pretrain<B: Backend>(
     });
 
     let mut batch = Batch::new(b, &config, o.batch_size).map_err(backend_err)?;
+    let buckets = distributed::gradient_buckets(model.layout(), DEFAULT_BUCKET_BYTES);
     let mut nonfinite_run = 0u32;
     let mut last_loss = f32::NAN;
     let mut last_ckpt = None;
+    let mut last_saved = None;
+    let mut replica_digest = None;
     let mut interrupted = false;
     let mut window = (Instant::now(), 0u64, 0.0f64);
     let accum = o.accum_iter as u64;
@@ -279,8 +346,9 @@ pub fn pretrain<B: Backend>(
             batch
                 .upload(b, &host.context, &host.exemplars, &host.maps)
                 .map_err(backend_err)?;
+            // Dividing by the world size too makes the sum over the ranks the mean (S6).
             model
-                .forward_backward(b, &batch, o.accum_iter)
+                .forward_backward(b, &batch, o.accum_iter * world)
                 .map_err(backend_err)?;
             let mut loss = [0.0f32];
             b.download(b.view(model.loss(), 0..1), &mut loss)
@@ -289,6 +357,14 @@ pub fn pretrain<B: Backend>(
             if (i + 1) % accum != 0 {
                 continue;
             }
+            let ([_, _, grads, _, _], _) = model.buffers_mut();
+            comm.all_reduce_sum(b, grads, &buckets)?;
+            let vote = StepVote {
+                loss: group_loss,
+                stop: STOP_REQUESTED.load(Ordering::SeqCst),
+            }
+            .agree(comm)?;
+            group_loss = vote.loss;
             let norm = model.grad_norm(b).map_err(backend_err)?;
             let stepped = group_loss.is_finite() && norm.is_finite();
             if !stepped {
@@ -299,10 +375,12 @@ pub fn pretrain<B: Backend>(
                     .map_err(backend_err)?
                     .unwrap_or("the loss")
                     .to_string();
-                eprintln!(
-                    "step {}: non-finite loss or gradient (first: {culprit}); step skipped",
-                    state.step + 1
-                );
+                if root {
+                    eprintln!(
+                        "step {}: non-finite loss or gradient (first: {culprit}); step skipped",
+                        state.step + 1
+                    );
+                }
                 if nonfinite_run >= recipe.run.max_nonfinite {
                     bail!(
                         "stopping at step {}: {nonfinite_run} steps in a row had non-finite values (first non-finite tensor: {culprit}); the last checkpoint is intact",
@@ -339,8 +417,10 @@ pub fn pretrain<B: Backend>(
                         "momentum": momentum, "grad_norm": norm, "img_per_s": img_s,
                         "data_wait": (window.2 / secs).min(1.0), "skipped": state.skipped,
                     });
-                    writeln!(metrics, "{line}")?;
-                    metrics.flush()?;
+                    if let Some(metrics) = &mut metrics {
+                        writeln!(metrics, "{line}")?;
+                        metrics.flush()?;
+                    }
                     if let Some(bar) = &bar {
                         bar.set_message(format!(
                             "loss {group_loss:.4}  lr {lr:.2e}  {img_s:.1} img/s"
@@ -358,42 +438,43 @@ pub fn pretrain<B: Backend>(
                 state.epoch = epoch + 1;
                 state.next_batch = 0;
             }
-            let stop = STOP_REQUESTED.load(Ordering::SeqCst);
+            let stop = vote.stop;
             if stop || (stepped && state.step.is_multiple_of(recipe.run.checkpoint_every)) {
-                last_ckpt = Some(checkpoint::save(
-                    b,
-                    &model,
-                    &state,
-                    run,
-                    recipe.run.keep_last,
-                )?);
+                (last_ckpt, replica_digest) =
+                    save_checkpoint(b, comm, &model, &state, run, recipe.run.keep_last)?;
+                last_saved = Some(state.step);
             }
             if stop {
-                eprintln!("stop requested: checkpoint written at step {}", state.step);
+                if root {
+                    eprintln!("stop requested: checkpoint written at step {}", state.step);
+                } else {
+                    eprintln!(
+                        "stop requested: rank 0 wrote a checkpoint at step {}",
+                        state.step
+                    );
+                }
                 interrupted = true;
                 break 'epochs;
             }
         }
     }
-    if !interrupted && last_ckpt.as_ref() != Some(&checkpoint::step_dir(run, state.step)) {
-        last_ckpt = Some(checkpoint::save(
-            b,
-            &model,
-            &state,
-            run,
-            recipe.run.keep_last,
-        )?);
+    if !interrupted && last_saved != Some(state.step) {
+        (last_ckpt, replica_digest) =
+            save_checkpoint(b, comm, &model, &state, run, recipe.run.keep_last)?;
     }
     if let Some(bar) = bar {
         bar.finish();
     }
     drop(metrics);
-    plot_loss(run)?;
+    if root {
+        plot_loss(run)?;
+    }
     Ok(Summary {
         steps: state.step,
         last_loss,
         skipped: state.skipped,
         checkpoint: last_ckpt,
         interrupted,
+        replica_digest,
     })
 }

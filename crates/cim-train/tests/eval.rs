@@ -66,7 +66,6 @@ fn image_folder_evaluation_separates_two_colour_classes() {
         resume: Resume::No,
         max_steps: Some(1),
         progress: false,
-        world_size: 1,
     };
     pretrain(&b, &r, &mut src, &opts).unwrap();
     let cli = <cim_train::cli::Cli as clap::Parser>::parse_from([

@@ -61,7 +61,6 @@ fn train_micro(dir: &Path) {
         resume: Resume::No,
         max_steps: Some(2),
         progress: false,
-        world_size: 1,
     };
     pretrain(&Reference::new(), &r, &mut src, &opts).unwrap();
 }

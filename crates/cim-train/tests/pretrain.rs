@@ -26,7 +26,6 @@ fn options(dir: &Path, resume: Resume, max_steps: Option<u64>) -> TrainOptions {
         resume,
         max_steps,
         progress: false,
-        world_size: 1,
     }
 }
 
