@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs scripts/gpu-check.sh on the host emulator at tiny sizes (no GPU), so its plumbing
 # (library paths, every part's command line, the summary) is tested on every push: the
-# selftest, the short pretrain and our bench must succeed and the loss must be reported.
+# selftest, the short pretrain and our bench must succeed, and the loss and the bench's
+# per-op breakdown must be reported.
 # The PyTorch parts run only where torch is installed, and are not required here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +18,6 @@ bad = {k: v for k, v in s["status"].items() if k in ("selftest", "pretrain", "be
 assert not bad, f"gpu-check dry run: parts failed: {bad} (logs beside {sys.argv[1]})"
 assert s.get("pretrain", {}).get("steps", 0) > 0, "gpu-check dry run: no pretrain loss reported"
 assert (s.get("bench_cim") or {}).get("images_per_s", 0) > 0, "gpu-check dry run: no bench result"
+assert (s.get("bench_cim") or {}).get("breakdown"), "gpu-check dry run: no bench breakdown"
 print("gpu-check dry run: selftest, pretrain and bench ran on the emulator")
 PY

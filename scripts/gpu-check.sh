@@ -10,7 +10,8 @@
 #   4. the benchmark: our ViT-B/16 CIM step (f32 and TF32 GEMMs), and the same step in
 #      PyTorch on the same card,
 #      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
-#      torch.compile): images/s and MFU against the dense bf16 peak.
+#      torch.compile): images/s and MFU against the dense bf16 peak; our bench also profiles
+#      one step op by op (`--breakdown`: time, share and TFLOP/s per op and GEMM shape).
 # Each part runs under its own time limit and the script goes on after a failure, so one
 # run reports everything. `--dry-run` runs the same plumbing on the host emulator with tiny
 # sizes (no GPU needed; used to test this script).
@@ -64,9 +65,9 @@ else
     part conformance_f32 150 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-conformance" --test-threads 1
 fi
 part bench_cim 90 "${cim[@]}" bench --model "$model" --batch "$batch" --steps "$steps" \
-    --peak-tflops "$PEAK_TFLOPS" --json "$OUT/bench-cim.json"
+    --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/bench-cim.json"
 part bench_cim_tf32 90 env CIM_CUDA_GEMM=tf32 "${cim[@]}" bench --model "$model" --batch "$batch" \
-    --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --json "$OUT/bench-cim-tf32.json"
+    --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/bench-cim-tf32.json"
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
     "$OUT/bench-cim.json" 2>/dev/null || echo 0)
 torch_device=cuda

@@ -9,6 +9,10 @@
 //! gradients), the frozen patch embedding and the target encoder once. For ViT-B/16 at
 //! the paper's shapes this gives the ~80 GFLOP per image of GPU.md (online 52.3, target
 //! 17.7, decoder 10.3), which a test pins.
+//!
+//! With `--breakdown`, one more step runs after the timed ones with every op timed on its
+//! own ([`crate::profile`]): the table says which ops the step's time goes to, next to
+//! the unprofiled step time, since synchronising around every op inflates the sum.
 
 use std::time::Instant;
 
@@ -20,6 +24,7 @@ use cim_spec::schedule::AdamW;
 use serde::Serialize;
 
 use crate::device::backend_err;
+use crate::profile::{OpTime, Profiled};
 use crate::synthetic;
 
 /// Forward FLOPs of one encoder pass over `tokens` tokens (class token included), with
@@ -113,9 +118,89 @@ pub struct BenchReport {
     pub tflops: f64,
     /// `tflops / peak`, when a peak was given.
     pub mfu: Option<f64>,
+    /// One extra step op by op, when asked for; its fields sit at the top level of the
+    /// JSON report.
+    #[serde(flatten)]
+    pub profile: Option<StepProfile>,
 }
 
-/// Times `steps` full training steps of `config` at `batch` after `warmup` untimed ones.
+/// One extra training step with every op timed on its own.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepProfile {
+    /// Wall time of the profiled step in milliseconds.
+    pub profiled_step_ms: f64,
+    /// Its ops' times added up, in milliseconds. Each op is synchronised before and after,
+    /// so on an asynchronous device this exceeds the unprofiled `ms_per_step` by about a
+    /// launch latency per op.
+    pub profiled_ops_ms: f64,
+    /// Per op, most time first; `share` is of `profiled_ops_ms`.
+    pub breakdown: Vec<OpTime>,
+    /// The GEMMs per shape class, most time first.
+    pub gemm_shapes: Vec<OpTime>,
+}
+
+/// GEMM shape classes printed (the JSON report has all).
+const SHAPES_SHOWN: usize = 15;
+
+impl BenchReport {
+    /// The profiled step as text tables (per op, then the costliest GEMM shapes), when
+    /// one was taken.
+    pub fn breakdown_table(&self) -> Option<String> {
+        let p = self.profile.as_ref()?;
+        let shown = p.gemm_shapes.len().min(SHAPES_SHOWN);
+        Some(format!(
+            "one profiled step: its ops took {:.1} ms of its {:.1} ms; an unprofiled step \
+             takes {:.1} ms\n(the profile synchronises before and after every op, which adds \
+             a launch latency to each)\n{}\nGEMM shape classes (N/T: A, B stored as is or \
+             transposed), {shown} of {}:\n{}",
+            p.profiled_ops_ms,
+            p.profiled_step_ms,
+            self.ms_per_step,
+            table(&p.breakdown),
+            p.gemm_shapes.len(),
+            table(&p.gemm_shapes[..shown])
+        ))
+    }
+}
+
+/// `rows` as aligned columns: op, calls, total ms, share, TFLOP/s.
+fn table(rows: &[OpTime]) -> String {
+    let width = rows.iter().map(|r| r.op.len()).max().unwrap_or(0).max(2);
+    let line = |op: &str, calls: &str, ms: &str, share: &str, tflops: &str| {
+        let cells = format!("{op:<width$}  {calls:>6}  {ms:>10}  {share:>6}  {tflops:>8}");
+        cells.trim_end().to_string() + "\n"
+    };
+    let mut out = line("op", "calls", "total ms", "share", "TFLOP/s");
+    for r in rows {
+        out += &line(
+            &r.op,
+            &r.calls.to_string(),
+            &format!("{:.3}", r.ms),
+            &format!("{:.1}%", 100.0 * r.share),
+            &r.tflops.map_or(String::new(), |t| format!("{t:.2}")),
+        );
+    }
+    out
+}
+
+/// One training step as the trainer takes it (zero gradients, forward and backward,
+/// gradient norm, AdamW and EMA), synchronised so that all its work is done on return.
+pub(crate) fn train_step<B: Backend>(
+    b: &B,
+    model: &mut Cim<B>,
+    inputs: &Batch<B>,
+    adamw: &AdamW,
+) -> Result<()> {
+    model.zero_grads(b).map_err(backend_err)?;
+    model.forward_backward(b, inputs, 1).map_err(backend_err)?;
+    model.grad_norm(b).map_err(backend_err)?;
+    model.optimizer_step(b, adamw, 0.996).map_err(backend_err)?;
+    b.synchronize().map_err(backend_err)
+}
+
+/// Times `steps` full training steps of `config` at `batch` after `warmup` untimed ones;
+/// with `breakdown`, then profiles one more step op by op. All steps run on the
+/// [`Profiled`] wrapper, which passes ops straight through except in the profiled step.
 pub fn step_bench<B: Backend>(
     b: &B,
     model_name: &str,
@@ -123,12 +208,14 @@ pub fn step_bench<B: Backend>(
     batch: usize,
     (warmup, steps): (usize, usize),
     peak_tflops: Option<f64>,
+    breakdown: bool,
 ) -> Result<BenchReport> {
     if steps == 0 || batch == 0 {
         return Err(anyhow!(
             "bench needs at least one step and one image per step"
         ));
     }
+    let b = &Profiled::new(b);
     let mut model =
         Cim::new(b, config, batch, 7).map_err(|e| anyhow!("building the model: {e}"))?;
     let host = synthetic::batch(&config, batch, 7)?;
@@ -143,13 +230,7 @@ pub fn step_bench<B: Backend>(
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let start = Instant::now();
-        model.zero_grads(b).map_err(backend_err)?;
-        model.forward_backward(b, &inputs, 1).map_err(backend_err)?;
-        model.grad_norm(b).map_err(backend_err)?;
-        model
-            .optimizer_step(b, &adamw, 0.996)
-            .map_err(backend_err)?;
-        b.synchronize().map_err(backend_err)?;
+        train_step(b, &mut model, &inputs, &adamw)?;
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
@@ -158,6 +239,19 @@ pub fn step_bench<B: Backend>(
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let flops = StepFlops::of(&config);
     let tflops = flops.total() * batch as f64 / mean / 1e12;
+    let profile = if breakdown {
+        let start = Instant::now();
+        let (stepped, profile) = b.record(|| train_step(b, &mut model, &inputs, &adamw));
+        stepped?;
+        Some(StepProfile {
+            profiled_step_ms: start.elapsed().as_secs_f64() * 1e3,
+            profiled_ops_ms: profile.total_seconds() * 1e3,
+            breakdown: profile.ops(),
+            gemm_shapes: profile.gemm_shapes(),
+        })
+    } else {
+        None
+    };
     Ok(BenchReport {
         backend: b.name().to_string(),
         model: model_name.to_string(),
@@ -169,6 +263,7 @@ pub fn step_bench<B: Backend>(
         flops_per_image: flops,
         tflops,
         mfu: peak_tflops.map(|p| tflops / p),
+        profile,
     })
 }
 

@@ -206,6 +206,11 @@ pub enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Then profile one more step op by op (a synchronisation around every op, which
+        /// inflates the total) and print where its time goes: per op and per GEMM shape,
+        /// with TFLOP/s for GEMMs and attention.
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Decode every image of a dataset and report every problem before any training.
     CheckData {
@@ -619,6 +624,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
             steps,
             peak_tflops,
             json,
+            breakdown,
         } => {
             let Some(config) = ModelConfig::preset(&model) else {
                 bail!(
@@ -632,7 +638,12 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 batch,
                 (warmup, steps),
                 peak_tflops,
+                breakdown,
             )?;
+            // The table first, so the summary stays the last line (logs show their tail).
+            if let Some(table) = report.breakdown_table() {
+                println!("{table}");
+            }
             println!(
                 "{} {} batch {}: {:.1} ms/step (best {:.1}), {:.1} images/s, {:.1} TFLOP/s{}",
                 report.backend,

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod export;
 pub mod plot;
 pub mod preflight;
+pub mod profile;
 pub mod recipe;
 pub mod runs;
 pub mod synthetic;
