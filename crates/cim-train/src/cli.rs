@@ -584,32 +584,12 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
         }
         Command::Selftest { cases, json } => {
             let checks = crate::preflight::run_checks(backend, cases);
-            let failed: Vec<&str> = checks
-                .iter()
-                .filter(|c| c.failure.is_some())
-                .map(|c| c.name)
-                .collect();
             if let Some(path) = json {
-                let report: Vec<_> = checks
-                    .iter()
-                    .map(|c| serde_json::json!({"check": c.name, "seconds": c.seconds, "failure": c.failure}))
-                    .collect();
-                let doc = serde_json::json!({"backend": backend.name(), "cases": cases, "checks": report});
+                let doc = serde_json::json!({"backend": backend.name(), "cases": cases, "checks": checks});
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            for c in checks.iter().filter(|c| c.failure.is_some()) {
-                eprintln!("{}: {}", c.name, c.failure.as_deref().unwrap_or_default());
-            }
-            if !failed.is_empty() {
-                bail!(
-                    "selftest: {} disagrees with the reference in {} of {} checks: {}",
-                    backend.name(),
-                    failed.len(),
-                    checks.len(),
-                    failed.join(", ")
-                );
-            }
+            crate::preflight::verdict("selftest", backend.name(), &checks)?;
             println!(
                 "selftest: {} passed all {} checks",
                 backend.name(),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use cim_spec::backend::Backend;
 use conformance::{Property, RunConfig};
+use serde::Serialize;
 
 /// Cases per op in the preflight: enough to hit odd sizes, few enough for seconds.
 pub const PREFLIGHT_CASES: u32 = 6;
@@ -16,10 +17,11 @@ pub const PREFLIGHT_CASES: u32 = 6;
 /// A fixed seed, so a preflight failure can be rerun exactly.
 const PREFLIGHT_SEED: u64 = 0x0C1A_5E1F;
 
-/// One op's outcome.
-#[derive(Clone, Debug)]
+/// One op's outcome (as `selftest --json` writes it).
+#[derive(Clone, Debug, Serialize)]
 pub struct Check {
     /// The conformance property (op direction, or `training_steps`, ...).
+    #[serde(rename = "check")]
     pub name: &'static str,
     /// Wall time in seconds.
     pub seconds: f64,
@@ -57,7 +59,28 @@ pub fn run_checks<B: Backend>(backend: &B, cases: u32) -> Vec<Check> {
     checks
 }
 
-/// The preflight: [`run_checks`], then an error naming every op that disagrees.
+/// `Ok` when every check passed; otherwise prints every mismatch to stderr and returns an
+/// error, prefixed by `what`, naming every disagreeing check and giving the first in full.
+pub fn verdict(what: &str, backend_name: &str, checks: &[Check]) -> Result<()> {
+    let failed: Vec<&Check> = checks.iter().filter(|c| c.failure.is_some()).collect();
+    let Some(first) = failed.first() else {
+        return Ok(());
+    };
+    for c in &failed {
+        eprintln!("{}: {}", c.name, c.failure.as_deref().unwrap_or_default());
+    }
+    let names: Vec<&str> = failed.iter().map(|c| c.name).collect();
+    bail!(
+        "{what}: {backend_name} disagrees with the reference in {} of {} checks ({}); first: {}: {}",
+        failed.len(),
+        checks.len(),
+        names.join(", "),
+        first.name,
+        first.failure.as_deref().unwrap_or_default()
+    )
+}
+
+/// The preflight: [`run_checks`], then [`verdict`].
 pub fn preflight<B: Backend>(backend: &B, cases: u32) -> Result<Vec<Check>> {
     eprintln!(
         "preflight: every op of the contract on {} against the f64 reference ({cases} cases each)",
@@ -65,19 +88,7 @@ pub fn preflight<B: Backend>(backend: &B, cases: u32) -> Result<Vec<Check>> {
     );
     let start = Instant::now();
     let checks = run_checks(backend, cases);
-    let failed: Vec<&Check> = checks.iter().filter(|c| c.failure.is_some()).collect();
-    if let Some(first) = failed.first() {
-        let names: Vec<&str> = failed.iter().map(|c| c.name).collect();
-        bail!(
-            "preflight: {} disagrees with the reference in {} of {} checks ({}); first: {}: {}",
-            backend.name(),
-            failed.len(),
-            checks.len(),
-            names.join(", "),
-            first.name,
-            first.failure.as_deref().unwrap_or_default()
-        );
-    }
+    verdict("preflight", backend.name(), &checks)?;
     eprintln!(
         "preflight: {} checks passed in {:.1} s",
         checks.len(),
