@@ -21,6 +21,7 @@ use cim_cpu::Cpu;
 use cim_model::{Batch, Cim};
 use cim_spec::backend::Memory;
 use cim_train::recipe::Recipe;
+use cim_train::visualize::iou;
 
 /// Centroid (row, column) of a non-negative map, in pixels; the centre when it is empty.
 fn centroid(map: &[f32], side: usize) -> (f64, f64) {
@@ -41,16 +42,6 @@ fn centroid(map: &[f32], side: usize) -> (f64, f64) {
 
 fn dist(a: (f64, f64), b: (f64, f64)) -> f64 {
     ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt()
-}
-
-fn iou(gt: &[f32], p: &[f32]) -> f64 {
-    let (mut i, mut u) = (0usize, 0usize);
-    for (&g, &q) in gt.iter().zip(p) {
-        let (a, b) = (g > 0.5, q > 0.5);
-        i += usize::from(a && b);
-        u += usize::from(a || b);
-    }
-    if u == 0 { 1.0 } else { i as f64 / u as f64 }
 }
 
 /// Prints the dependence metrics of `probs` vs `maps`, both `[B, K, m2]`.

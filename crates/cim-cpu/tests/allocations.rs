@@ -94,6 +94,7 @@ fn small() -> ModelConfig {
             heads: 4,
             correlation: Correlation::Attention,
             predictor: Predictor::Conv1x1,
+            predictor_init_scale: 1.0,
         },
         context_size: 64,
         exemplar_size: 32,

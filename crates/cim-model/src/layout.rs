@@ -296,7 +296,7 @@ impl ParamLayout {
             "decoder_pred_mask.0.weight".into(),
             &pred_shape,
             Init::Normal {
-                std: init::predictor_conv_std(k, channels),
+                std: init::predictor_conv_std(k, channels) * dd.predictor_init_scale,
             },
             dde,
         );
@@ -520,5 +520,16 @@ mod tests {
         // The default keeps the 1x1 conv's S8 initialisation.
         let w = default.tensor("decoder_pred_mask.0.weight").unwrap();
         assert_eq!(w.init, Init::Normal { std: 1.0 });
+        // The recipe's init scale multiplies that std and nothing else.
+        let mut scaled = ModelConfig::preset("vit-base").unwrap();
+        scaled.decoder.predictor_init_scale = 0.02;
+        let s = ParamLayout::new(&scaled);
+        let w = s.tensor("decoder_pred_mask.0.weight").unwrap();
+        assert_eq!(w.init, Init::Normal { std: 0.02 });
+        for (a, b) in s.tensors.iter().zip(&default.tensors) {
+            if a.name != "decoder_pred_mask.0.weight" {
+                assert_eq!(a.init, b.init, "{}", a.name);
+            }
+        }
     }
 }

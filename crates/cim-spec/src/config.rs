@@ -137,6 +137,9 @@ pub struct DecoderConfig {
     pub correlation: Correlation,
     /// The predictor before the upsampling (default: the 1x1 conv).
     pub predictor: Predictor,
+    /// Multiplier of the predictor weight's S8 standard deviation: 1 is S8. Smaller values
+    /// start the logits near zero instead of at std ~sqrt(d) (a recipe option; see S8).
+    pub predictor_init_scale: f64,
 }
 
 /// One CIM model: encoder, decoder, crop sizes and loss.
@@ -248,6 +251,7 @@ impl DecoderConfig {
             heads: 16,
             correlation: Correlation::Attention,
             predictor: Predictor::Conv1x1,
+            predictor_init_scale: 1.0,
         }
     }
     /// Channels per head.
@@ -289,6 +293,7 @@ impl ModelConfig {
                 heads: 2,
                 correlation: Correlation::Attention,
                 predictor: Predictor::Conv1x1,
+                predictor_init_scale: 1.0,
             },
             context_size: 32,
             exemplar_size: 16,

@@ -479,7 +479,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 &figure,
             )?;
             println!(
-                "{outcome} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} (mean IoU {:.3}){agreement}",
+                "{outcome} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} ({}){agreement}",
                 summary.steps,
                 if summary.last_loss.is_finite() {
                     format!("{:.4}", summary.last_loss)
@@ -494,7 +494,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 out.join("metrics.jsonl").display(),
                 out.join("loss.png").display(),
                 figure.display(),
-                preds.mean_iou(c.context_size * c.context_size)
+                preds.iou_summary(c.context_size * c.context_size, c.exemplars)
             );
             Ok(())
         }
@@ -513,10 +513,10 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
             let c = model.config();
             visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, &out)?;
             println!(
-                "{} (step {}): mean IoU of predicted maps {:.4} over {} exemplars; figure {}",
+                "{} (step {}): {} over {} exemplars; figure {}",
                 loc.checkpoint.display(),
                 state.step,
-                preds.mean_iou(c.context_size * c.context_size),
+                preds.iou_summary(c.context_size * c.context_size, c.exemplars),
                 count * c.exemplars,
                 out.display()
             );

@@ -95,6 +95,9 @@ pub struct ModelSection {
     /// Decoder predictor (S4, Figure 4): `conv1x1` (default) or `deconv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predictor: Option<String>,
+    /// Multiplier of the predictor weight's S8 init std (default 1, as S8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor_init_scale: Option<f64>,
 }
 
 /// `[data]`: the dataset and the S2 pair geometry.
@@ -219,6 +222,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "model.frozen_patch_embed",
     "model.correlation",
     "model.predictor",
+    "model.predictor_init_scale",
 ];
 
 impl Recipe {
@@ -329,6 +333,12 @@ impl Recipe {
                 bail!("model.predictor = {name:?}: expected conv1x1 or deconv");
             };
             c.decoder.predictor = v;
+        }
+        if let Some(v) = m.predictor_init_scale {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("model.predictor_init_scale = {v}: expected a finite number above 0");
+            }
+            c.decoder.predictor_init_scale = v;
         }
         c.context_size = self.data.context_size;
         c.exemplar_size = self.data.exemplar_size;
@@ -483,6 +493,7 @@ mod tests {
             (c.decoder.correlation, c.decoder.predictor),
             (Correlation::Attention, Predictor::Conv1x1)
         );
+        assert_eq!(c.decoder.predictor_init_scale, 1.0);
         // Absent keys stay out of the resolved recipe, so existing hashes do not move.
         assert!(!r.to_toml().contains("correlation"));
         let r = Recipe::load(
@@ -490,6 +501,7 @@ mod tests {
             &[
                 "model.correlation=conv".into(),
                 "model.predictor=deconv".into(),
+                "model.predictor_init_scale=0.02".into(),
             ],
         )
         .unwrap();
@@ -498,8 +510,14 @@ mod tests {
             (c.decoder.correlation, c.decoder.predictor),
             (Correlation::Conv, Predictor::Deconv)
         );
+        assert_eq!(c.decoder.predictor_init_scale, 0.02);
         assert!(r.to_toml().contains("correlation = \"conv\""));
-        for bad in ["model.correlation=xcorr", "model.predictor=conv"] {
+        for bad in [
+            "model.correlation=xcorr",
+            "model.predictor=conv",
+            "model.predictor_init_scale=0.0",
+            "model.predictor_init_scale=-1.0",
+        ] {
             let e = Recipe::load("micro", &[bad.into()])
                 .unwrap_err()
                 .to_string();

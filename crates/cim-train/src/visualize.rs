@@ -38,28 +38,71 @@ pub struct Predictions {
     pub probs: Vec<f32>,
 }
 
+/// IoU of the thresholded prediction (prob > 0.5) with a ground-truth map (> 0.5); 1 when
+/// both are empty.
+pub fn iou(gt: &[f32], prob: &[f32]) -> f64 {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for (&g, &q) in gt.iter().zip(prob) {
+        let (a, b) = (g > 0.5, q > 0.5);
+        inter += usize::from(a && b);
+        union += usize::from(a || b);
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
 impl Predictions {
     /// Mean over exemplars of IoU(prob > 0.5, ground truth).
     pub fn mean_iou(&self, pixels: usize) -> f64 {
-        let ious: Vec<f64> = self
+        let n = self.maps.len() / pixels.max(1);
+        let sum: f64 = self
             .maps
             .chunks(pixels)
             .zip(self.probs.chunks(pixels))
-            .map(|(gt, p)| {
-                let (mut inter, mut union) = (0usize, 0usize);
-                for (&g, &q) in gt.iter().zip(p) {
-                    let (a, b) = (g > 0.5, q > 0.5);
-                    inter += usize::from(a && b);
-                    union += usize::from(a || b);
+            .map(|(gt, p)| iou(gt, p))
+            .sum();
+        sum / n.max(1) as f64
+    }
+
+    /// Mean IoU of each exemplar's prediction with the ground truth of the OTHER exemplars
+    /// of its context (`k` per context), or `None` when `k < 2`. A model that only learned
+    /// where exemplars tend to lie, ignoring the exemplar, scores as well here as in
+    /// [`Predictions::mean_iou`]; the difference is what the exemplar contributes.
+    pub fn swapped_iou(&self, pixels: usize, k: usize) -> Option<f64> {
+        if k < 2 {
+            return None;
+        }
+        let (mut sum, mut n) = (0.0, 0usize);
+        for (gts, probs) in self
+            .maps
+            .chunks(k * pixels)
+            .zip(self.probs.chunks(k * pixels))
+        {
+            for (i, p) in probs.chunks(pixels).enumerate() {
+                for (j, gt) in gts.chunks(pixels).enumerate() {
+                    if i != j {
+                        sum += iou(gt, p);
+                        n += 1;
+                    }
                 }
-                if union == 0 {
-                    1.0
-                } else {
-                    inter as f64 / union as f64
-                }
-            })
-            .collect();
-        ious.iter().sum::<f64>() / ious.len().max(1) as f64
+            }
+        }
+        Some(sum / n.max(1) as f64)
+    }
+
+    /// `mean IoU X (swapped exemplars Y)`, the line `pretrain` and `visualize` print.
+    pub fn iou_summary(&self, pixels: usize, k: usize) -> String {
+        let matched = self.mean_iou(pixels);
+        match self.swapped_iou(pixels, k) {
+            Some(swapped) => format!(
+                "mean IoU of predicted maps {matched:.4} (with other exemplars' maps {swapped:.4}, exemplar dependence {:+.4})",
+                matched - swapped
+            ),
+            None => format!("mean IoU of predicted maps {matched:.4}"),
+        }
     }
 }
 
@@ -209,4 +252,41 @@ pub fn figure5(p: &Predictions, m: usize, n: usize, k: usize, out: &Path) -> Res
     }
     big.save(out)
         .with_context(|| format!("writing {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two contexts of K = 2 exemplars on 4-pixel maps: exemplar 0 covers pixels 0-1,
+    /// exemplar 1 pixels 2-3.
+    fn predictions(probs: Vec<f32>) -> Predictions {
+        let maps = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0].repeat(2);
+        Predictions {
+            context: Vec::new(),
+            exemplars: Vec::new(),
+            maps,
+            probs,
+        }
+    }
+
+    #[test]
+    fn exemplar_dependence_separates_a_prior_from_a_matcher() {
+        // A perfect matcher: each map is its own exemplar's.
+        let matcher = predictions([0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9].repeat(2));
+        assert_eq!(matcher.mean_iou(4), 1.0);
+        assert_eq!(matcher.swapped_iou(4, 2), Some(0.0));
+        // A prior: the same map (pixels 1-2) whatever the exemplar scores the same on both.
+        let prior = predictions([0.1, 0.9, 0.9, 0.1].repeat(4));
+        assert_eq!(prior.mean_iou(4), 1.0 / 3.0);
+        assert_eq!(prior.swapped_iou(4, 2), Some(1.0 / 3.0));
+        assert!(
+            prior
+                .iou_summary(4, 2)
+                .contains("exemplar dependence +0.0000")
+        );
+        // One exemplar per context: nothing to swap with.
+        assert_eq!(prior.swapped_iou(4, 1), None);
+        assert!(!prior.iou_summary(4, 1).contains("dependence"));
+    }
 }
