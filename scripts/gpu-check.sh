@@ -2,25 +2,29 @@
 # The whole GPU check, from prebuilt binaries (scripts/gpu-bundle.sh), on a machine with
 # CUDA 13, PyTorch and no Rust toolchain. Run from the repository root; writes everything
 # under $OUT (default: gpu-results/), and a summary.json that says what passed:
-#   1. the conformance suite and whole micro steps on the GPU, with f32 GEMMs and with TF32
-#      tensor-core GEMMs (bf16 tolerance column), CIM_REQUIRE_GPU=1;
+#   1. the conformance suite and whole micro steps on the GPU, with f32 GEMMs, with bf16
+#      mixed-precision GEMMs and with TF32 tensor-core GEMMs (both under the bf16 tolerance
+#      column), CIM_REQUIRE_GPU=1;
 #   2. `cim-cuda selftest` (the preflight alone), as JSON; the on-device pair renderer
 #      against cim-data's CPU renderer;
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
-#   4. the benchmark: our ViT-B/16 CIM step (f32 and TF32 GEMMs), and the same step in
+#   4. the benchmark: our ViT-B/16 CIM step (f32, bf16 and TF32 GEMMs), and the same step in
 #      PyTorch on the same card,
 #      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
 #      torch.compile): images/s and MFU against the dense bf16 peak; our bench also profiles
 #      one step op by op (`--breakdown`: time, share and TFLOP/s per op and GEMM shape).
-# Each part runs under its own time limit and the script goes on after a failure, so one
-# run reports everything. `--dry-run` runs the same plumbing on the host emulator with tiny
-# sizes (no GPU needed; used to test this script).
+# Each part runs under its own time limit, cut to what is left of the whole run's budget
+# ($BUDGET_S seconds, default 540, so the run fits one 10-minute device call with room to
+# spare; a part with under 20 s left is skipped as out_of_time), and the script goes on
+# after a failure, so one run reports everything. `--dry-run` runs the same plumbing on the
+# host emulator with tiny sizes (no GPU needed; used to test this script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
 mkdir -p "$OUT"
 BUNDLE="${BUNDLE:-gpu-bundle}"
 PEAK_TFLOPS="${PEAK_TFLOPS:-989}"
+BUDGET_S="${BUDGET_S:-540}"
 dry_run=0
 [[ "${1:-}" == "--dry-run" ]] && dry_run=1
 
@@ -46,7 +50,14 @@ declare -A status
 part() { # name timeout command...
     local name=$1 limit=$2
     shift 2
-    echo "== $name" >&2
+    local left=$((BUDGET_S - SECONDS))
+    if ((left < 20)); then
+        status[$name]=out_of_time
+        echo "== $name: skipped, ${left} s of the ${BUDGET_S} s budget left" >&2
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit $limit s)" >&2
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
@@ -59,15 +70,22 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi
 
 # Most telling first, each under a limit, so the whole run fits one device call (10 min)
 # and a part that overruns costs only itself.
-if ((dry_run)); then
-    status[conformance_f32]=skipped
-else
-    part conformance_f32 150 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-conformance" --test-threads 1
-fi
-part bench_cim 90 "${cim[@]}" bench --model "$model" --batch "$batch" --steps "$steps" \
-    --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/bench-cim.json"
-part bench_cim_tf32 90 env CIM_CUDA_GEMM=tf32 "${cim[@]}" bench --model "$model" --batch "$batch" \
-    --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/bench-cim-tf32.json"
+conformance() { # name CIM_CUDA_GEMM
+    if ((dry_run)); then
+        status[$1]=skipped
+    else
+        part "$1" 150 env CIM_REQUIRE_GPU=1 CIM_CUDA_GEMM="$2" "$BUNDLE/gpu-conformance" --test-threads 1
+    fi
+}
+bench_cim() { # name CIM_CUDA_GEMM json
+    part "$1" 90 env CIM_CUDA_GEMM="$2" "${cim[@]}" bench --model "$model" --batch "$batch" \
+        --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/$3"
+}
+conformance conformance_f32 f32
+conformance conformance_bf16 bf16
+bench_cim bench_cim f32 bench-cim.json
+bench_cim bench_cim_bf16 bf16 bench-cim-bf16.json
+bench_cim bench_cim_tf32 tf32 bench-cim-tf32.json
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
     "$OUT/bench-cim.json" 2>/dev/null || echo 0)
 torch_device=cuda
@@ -84,11 +102,7 @@ part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
 ((dry_run)) || part render 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-render" gpu_renders_like_the_cpu
 # torch.compile takes a minute even for the micro model on a CPU: not in the dry run.
 ((dry_run)) || torch_bench compile bf16 200
-if ((dry_run)); then
-    status[conformance_tf32]=skipped
-else
-    part conformance_tf32 150 env CIM_REQUIRE_GPU=1 CIM_CUDA_GEMM=tf32 "$BUNDLE/gpu-conformance" --test-threads 1
-fi
+conformance conformance_tf32 tf32
 
 python3 - "$OUT" "$(declare -p status)" <<'PY'
 import json, os, re, sys
@@ -99,6 +113,7 @@ def load(name):
     path = os.path.join(out, name)
     return json.load(open(path)) if os.path.exists(path) else None
 summary["bench_cim"] = load("bench-cim.json")
+summary["bench_cim_bf16"] = load("bench-cim-bf16.json")
 summary["bench_cim_tf32"] = load("bench-cim-tf32.json")
 for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
     log = os.path.join(out, name + ".log")
@@ -112,7 +127,7 @@ if os.path.exists(metrics):
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         summary["pretrain"] = {"steps": len(losses), "loss_first_fifth": first,
                                "loss_last_fifth": last, "loss_fell": last < first}
-for ours in ("bench_cim", "bench_cim_tf32"):
+for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_tf32"):
     cim = summary[ours] or {}
     for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
         t = summary[name]

@@ -13,9 +13,10 @@
 //! Beside the ops, [`PairRenderer`] is the on-device data path: it renders exemplar-context
 //! pairs (S2) from uploaded 8-bit search views straight into the model's input buffers.
 //!
-//! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]) or with TF32 inputs on tensor
-//! cores ([`Precision::Tf32`], [`GemmMath`]). Reductions use fixed trees, never atomics, so
-//! the same inputs give the same bits on every run.
+//! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]), with TF32 inputs on tensor
+//! cores ([`Precision::Tf32`]) or with bf16 inputs on tensor cores and f32 accumulation
+//! ([`Precision::Bf16Mixed`]), as [`GemmMath`] says. Reductions use fixed trees, never
+//! atomics, so the same inputs give the same bits on every run.
 
 use core::marker::PhantomData;
 use core::ops::Range;
@@ -28,12 +29,12 @@ mod ops;
 
 pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
-pub use device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
+pub use device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
 pub use error::CudaError;
 pub use ops::render::{PairOutputs, PairRenderer};
 pub use ops::{compile_module, kernel_sources, nvrtc_unavailable_reason};
 
-use ops::{Kernel, KernelParams};
+use ops::{Kernel, KernelParams, Scratch};
 
 /// The CUDA backend over device `D`.
 pub struct Cuda<D: Device> {
@@ -42,6 +43,9 @@ pub struct Cuda<D: Device> {
     /// every call; the lock is held while a reduction's launches are queued, so another
     /// host thread's reduction cannot land between them on the stream.
     partials: std::sync::Mutex<D::Alloc>,
+    /// Both operands of one GEMM rounded to bf16 ([`GemmMath::Bf16`] only), reused by every
+    /// GEMM; the lock is held while a GEMM's conversions and product are queued.
+    bf16_operands: std::sync::Mutex<Scratch<D>>,
 }
 
 /// f64 slots in [`Cuda`]'s partial-sum buffer: the most blocks a two-launch reduction's
@@ -78,6 +82,7 @@ impl<D: Device> Cuda<D> {
         Ok(Cuda {
             device,
             partials: std::sync::Mutex::new(partials),
+            bf16_operands: std::sync::Mutex::new(Scratch::new()),
         })
     }
 

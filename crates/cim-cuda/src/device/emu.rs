@@ -1,11 +1,12 @@
 //! The host emulator: kernels are the same `.cu` sources compiled by the C++ compiler
 //! against `emu/cuda_emu.h` (threads as fibers, see there), memory is host memory, and the
-//! GEMM is a plain loop with cuBLAS's column-major meaning. Slow, exact about barriers
-//! and launch shapes, and available everywhere.
+//! GEMM is a plain loop with cuBLAS's column-major meaning (f32 accumulation of f32, TF32
+//! or bf16 inputs, as the GPU's tensor cores take them). Slow, exact about barriers and
+//! launch shapes, and available everywhere.
 
 use core::ffi::{c_char, c_int, c_void};
 
-use crate::device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
+use crate::device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams};
 
@@ -66,6 +67,7 @@ impl Device for Emulator {
         match self.gemm {
             GemmMath::F32 => "cuda-emulated",
             GemmMath::Tf32 => "cuda-emulated-tf32",
+            GemmMath::Bf16 => "cuda-emulated-bf16",
         }
     }
 
@@ -129,10 +131,23 @@ impl Device for Emulator {
     }
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
-        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
-        let input = match self.gemm {
-            GemmMath::F32 => |x: f32| x,
+        let c = g.c as *mut f32;
+        let f32_input = match self.gemm {
             GemmMath::Tf32 => round_to_tf32,
+            GemmMath::F32 | GemmMath::Bf16 => |x: f32| x,
+        };
+        // Element `index` of the operand at `base`, as the multiplier sees it.
+        let load = |base: u64, index: usize| -> f32 {
+            // SAFETY: the caller guarantees A and B hold every element the column-major
+            // description reaches, in `g.input`'s element type.
+            unsafe {
+                match g.input {
+                    GemmInput::F32 => f32_input(*(base as *const f32).add(index)),
+                    GemmInput::Bf16 => {
+                        f32::from_bits(u32::from(*(base as *const u16).add(index)) << 16)
+                    }
+                }
+            }
         };
         for batch in 0..g.batch {
             for j in 0..g.n {
@@ -149,14 +164,11 @@ impl Device for Emulator {
                         } else {
                             p + j * g.ldb
                         };
-                        // SAFETY: the caller guarantees A and B hold every element the
-                        // column-major description reaches.
-                        unsafe {
-                            sum += input(*a.add(batch * g.stride_a + a_ip))
-                                * input(*b.add(batch * g.stride_b + b_pj));
-                        }
+                        sum += load(g.a, batch * g.stride_a + a_ip)
+                            * load(g.b, batch * g.stride_b + b_pj);
                     }
-                    // SAFETY: as above, for C.
+                    // SAFETY: the caller guarantees C holds every element the column-major
+                    // description reaches.
                     unsafe {
                         let out = c.add(batch * g.stride_c + i + j * g.ldc);
                         *out = if g.beta == 0.0 {

@@ -1,6 +1,7 @@
 //! The GPU: cudarc's driver API on one stream of one device, kernels compiled by NVRTC
 //! for the device's own architecture on first use (then kept per module), GEMMs through
-//! cuBLAS. CUDA libraries are loaded at run time; their absence is an error that says which
+//! cuBLAS (SGEMM for f32 inputs, GemmEx with bf16 inputs and f32 accumulation on tensor
+//! cores for [`GemmMath::Bf16`]). CUDA libraries are loaded at run time; their absence is an error that says which
 //! library is missing, never a panic.
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use cudarc::driver::result as driver;
 use cudarc::driver::sys::{CUdeviceptr, CUfunction, CUfunction_attribute, cudaError_enum};
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
 
-use crate::device::{ColumnMajorGemm, Device, GemmMath, LaunchDims};
+use crate::device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams, compile_module};
 
@@ -93,6 +94,9 @@ impl Gpu {
             // Never TF32, whatever NVIDIA_TF32_OVERRIDE says: the f32 column assumes it.
             GemmMath::F32 => cublas::sys::cublasMath_t::CUBLAS_PEDANTIC_MATH,
             GemmMath::Tf32 => cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+            // Bf16 inputs with f32 compute take tensor cores in the default mode; the
+            // backend never hands this mode f32 inputs.
+            GemmMath::Bf16 => cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
         };
         // SAFETY: a valid handle and a math mode of the enum.
         let status = unsafe { cublas::sys::cublasSetMathMode(blas, math) };
@@ -111,7 +115,11 @@ impl Gpu {
             arch,
             name: format!(
                 "cuda:{ordinal} ({name}, {arch}{})",
-                if gemm == GemmMath::Tf32 { ", tf32" } else { "" }
+                match gemm {
+                    GemmMath::F32 => "",
+                    GemmMath::Tf32 => ", tf32",
+                    GemmMath::Bf16 => ", bf16",
+                }
             ),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -269,33 +277,75 @@ impl Device for Gpu {
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
         use cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        use cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
         self.bind()?;
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        // SAFETY: the caller guarantees every matrix; alpha and beta are host scalars
-        // (the handle's default pointer mode).
-        unsafe {
-            cublas::result::sgemm_strided_batched(
-                self.blas,
-                op(g.trans_a),
-                op(g.trans_b),
-                to_i32(g.m, "m")?,
-                to_i32(g.n, "n")?,
-                to_i32(g.k, "k")?,
-                &g.alpha,
-                g.a as *const f32,
-                to_i32(g.lda, "lda")?,
-                g.stride_a as i64,
-                g.b as *const f32,
-                to_i32(g.ldb, "ldb")?,
-                g.stride_b as i64,
-                &g.beta,
-                g.c as *mut f32,
-                to_i32(g.ldc, "ldc")?,
-                g.stride_c as i64,
-                to_i32(g.batch, "batch")?,
-            )
+        let (m, n, k) = (to_i32(g.m, "m")?, to_i32(g.n, "n")?, to_i32(g.k, "k")?);
+        let (lda, ldb, ldc) = (
+            to_i32(g.lda, "lda")?,
+            to_i32(g.ldb, "ldb")?,
+            to_i32(g.ldc, "ldc")?,
+        );
+        let batch = to_i32(g.batch, "batch")?;
+        let (stride_a, stride_b, stride_c) =
+            (g.stride_a as i64, g.stride_b as i64, g.stride_c as i64);
+        match g.input {
+            // SAFETY: the caller guarantees every matrix; alpha and beta are host scalars
+            // (the handle's default pointer mode).
+            GemmInput::F32 => unsafe {
+                cublas::result::sgemm_strided_batched(
+                    self.blas,
+                    op(g.trans_a),
+                    op(g.trans_b),
+                    m,
+                    n,
+                    k,
+                    &g.alpha,
+                    g.a as *const f32,
+                    lda,
+                    stride_a,
+                    g.b as *const f32,
+                    ldb,
+                    stride_b,
+                    &g.beta,
+                    g.c as *mut f32,
+                    ldc,
+                    stride_c,
+                    batch,
+                )
+            }
+            .map_err(|e| CudaError::launch(format!("cublasSgemmStridedBatched {g:?}: {e}"))),
+            // SAFETY: as above, with A and B holding bf16 elements; with
+            // CUBLAS_COMPUTE_32F, alpha and beta are f32.
+            GemmInput::Bf16 => unsafe {
+                cublas::result::gemm_strided_batched_ex(
+                    self.blas,
+                    op(g.trans_a),
+                    op(g.trans_b),
+                    m,
+                    n,
+                    k,
+                    (&g.alpha as *const f32).cast(),
+                    g.a as *const core::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    lda,
+                    stride_a,
+                    g.b as *const core::ffi::c_void,
+                    cudaDataType::CUDA_R_16BF,
+                    ldb,
+                    stride_b,
+                    (&g.beta as *const f32).cast(),
+                    g.c as *mut core::ffi::c_void,
+                    cudaDataType::CUDA_R_32F,
+                    ldc,
+                    stride_c,
+                    batch,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                )
+            }
+            .map_err(|e| CudaError::launch(format!("cublasGemmStridedBatchedEx {g:?}: {e}"))),
         }
-        .map_err(|e| CudaError::launch(format!("cublasSgemmStridedBatched {g:?}: {e}")))
     }
 
     fn synchronize(&self) -> Result<(), CudaError> {

@@ -2,8 +2,8 @@
 //! implementation ([`gpu`]) and its host emulator ([`emu`]).
 //!
 //! A device moves bytes, launches kernels by handle with one parameter struct, and runs
-//! column-major strided-batched SGEMMs with cuBLAS's exact argument meaning, so the
-//! row-major mapping in `ops::gemm` is the same code on both.
+//! column-major strided-batched GEMMs (f32 or bf16 inputs, f32 output) with cuBLAS's exact
+//! argument meaning, so the row-major mapping in `ops::gemm` is the same code on both.
 
 pub(crate) mod emu;
 pub(crate) mod gpu;
@@ -13,7 +13,7 @@ use cim_spec::backend::Precision;
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams};
 
-/// How the device's GEMMs treat their f32 inputs.
+/// How the backend's GEMMs treat their f32 inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GemmMath {
     /// Plain f32 products (CUDA cores): the tight f32 tolerance column.
@@ -21,16 +21,23 @@ pub enum GemmMath {
     F32,
     /// Inputs rounded to TF32 for tensor cores, f32 accumulation ([`Precision::Tf32`]).
     Tf32,
+    /// Bf16 mixed precision ([`Precision::Bf16Mixed`]): both inputs of every GEMM are
+    /// rounded to bf16 (to nearest, ties to even) by the backend, multiplied on tensor
+    /// cores with f32 accumulation and f32 output. Every other op, the optimizer's master
+    /// weights and the EMA target stay f32.
+    Bf16,
 }
 
 impl GemmMath {
-    /// From `CIM_CUDA_GEMM` (`f32`, the default, or `tf32`); a message naming the bad value.
+    /// From `CIM_CUDA_GEMM` (`f32`, the default, `tf32` or `bf16`); a message naming the
+    /// bad value.
     pub fn from_env() -> Result<Self, CudaError> {
         match std::env::var("CIM_CUDA_GEMM").as_deref() {
             Err(_) | Ok("f32") => Ok(GemmMath::F32),
             Ok("tf32") => Ok(GemmMath::Tf32),
+            Ok("bf16") => Ok(GemmMath::Bf16),
             Ok(other) => Err(CudaError::invalid(format!(
-                "CIM_CUDA_GEMM={other:?}: expected f32 or tf32"
+                "CIM_CUDA_GEMM={other:?}: expected f32, tf32 or bf16"
             ))),
         }
     }
@@ -40,8 +47,19 @@ impl GemmMath {
         match self {
             GemmMath::F32 => Precision::F32,
             GemmMath::Tf32 => Precision::Tf32,
+            GemmMath::Bf16 => Precision::Bf16Mixed,
         }
     }
+}
+
+/// The element type of a GEMM's A and B in device memory (C is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmInput {
+    /// f32, multiplied as the device's [`GemmMath`] says (f32, or rounded to TF32).
+    F32,
+    /// bf16 bit patterns (`u16`), already rounded by the backend: the products are exact
+    /// in f32 and accumulate in f32.
+    Bf16,
 }
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -86,11 +104,13 @@ impl LaunchDims {
 }
 
 /// `C = alpha * op(A) op(B) + beta * C` over `batch` column-major matrices, with
-/// cublasSgemmStridedBatched's meaning of every field (`m`, `n` are C's rows and columns,
+/// cublasGemmStridedBatchedEx's meaning of every field (`m`, `n` are C's rows and columns,
 /// leading dimensions in elements, strides between matrices in elements). With
 /// `beta == 0`, C is not read.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ColumnMajorGemm {
+    /// The element type of A and B.
+    pub input: GemmInput,
     /// `op(A) = A^T`.
     pub trans_a: bool,
     /// `op(B) = B^T`.
@@ -168,7 +188,7 @@ pub trait Device: 'static {
         dims: LaunchDims,
         params: &P,
     ) -> Result<(), CudaError>;
-    /// Runs a column-major strided-batched SGEMM.
+    /// Runs a column-major strided-batched GEMM.
     ///
     /// # Safety
     /// Every matrix the arguments describe lies inside a live allocation of this device.

@@ -1,12 +1,13 @@
 //! The ops of the contract, one module per trait, each beside its `kernels.cu`; plus what
-//! every op shares: kernel handles, the generated parameter structs, and NVRTC compilation
-//! of a module for a GPU architecture.
+//! every op shares: kernel handles, the generated parameter structs, reusable device
+//! scratch, and NVRTC compilation of a module for a GPU architecture.
 
 use core::ffi::c_void;
 use core::marker::PhantomData;
 
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
+use crate::device::Device;
 use crate::error::CudaError;
 
 mod attention;
@@ -47,6 +48,50 @@ pub(crate) fn record_bytes<R: DeviceRecord>(records: &[R]) -> &[u8] {
     // SAFETY: `DeviceRecord` types have no padding and only plain numeric fields, so all
     // `size_of_val(records)` bytes are initialised; the length is exact.
     unsafe { core::slice::from_raw_parts(records.as_ptr().cast::<u8>(), size_of_val(records)) }
+}
+
+/// A device allocation reused from call to call, replaced by a larger one (the next power
+/// of two) when a call needs more, so it is allocated a handful of times per run.
+pub(crate) struct Scratch<D: Device> {
+    alloc: Option<D::Alloc>,
+    capacity: usize,
+}
+
+impl<D: Device> Scratch<D> {
+    pub(crate) fn new() -> Self {
+        Scratch {
+            alloc: None,
+            capacity: 0,
+        }
+    }
+
+    /// The address of at least `bytes` bytes (contents unspecified), after the work
+    /// already queued stops using a replaced allocation.
+    pub(crate) fn reserve(&mut self, device: &D, bytes: usize) -> Result<u64, CudaError> {
+        let alloc = match self.alloc.take() {
+            Some(alloc) if self.capacity >= bytes => alloc,
+            old => {
+                if old.is_some() {
+                    // Launches already queued may still use the old allocation.
+                    device.synchronize()?;
+                }
+                drop(old);
+                self.capacity = bytes.max(4).checked_next_power_of_two().unwrap_or(bytes);
+                device.alloc(self.capacity)?
+            }
+        };
+        let ptr = D::address(&alloc);
+        self.alloc = Some(alloc);
+        Ok(ptr)
+    }
+
+    /// Copies `bytes` to the device (after the work already queued); returns their address.
+    pub(crate) fn upload(&mut self, device: &D, bytes: &[u8]) -> Result<u64, CudaError> {
+        let ptr = self.reserve(device, bytes.len())?;
+        // SAFETY: the allocation is live and holds at least `bytes.len()` bytes.
+        unsafe { device.upload(ptr, bytes)? };
+        Ok(ptr)
+    }
 }
 
 /// A kernel: where its source is, its unmangled name, and its emulator entry point.

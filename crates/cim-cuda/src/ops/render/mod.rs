@@ -15,7 +15,7 @@ use cim_data::{
 use cim_spec::geometry::{ExemplarRect, exemplar_to_canvas, shrink_factors};
 
 use super::kernels::render as k;
-use super::record_bytes;
+use super::{Scratch, record_bytes};
 use crate::device::{Device, LaunchDims};
 use crate::error::CudaError;
 use crate::{Cuda, DeviceViewMut};
@@ -31,42 +31,6 @@ const MAX_SHARED_BYTES: usize = 227 * 1024;
 /// (4 n^2 floats) and the weights of the batch's widest blur.
 fn shared_bytes(n: usize, widest_blur: usize) -> usize {
     (4 * n * n + 2 * widest_blur + 1) * size_of::<f32>()
-}
-
-/// A device allocation reused from batch to batch, replaced when a batch needs more.
-struct Staging<D: Device> {
-    alloc: Option<D::Alloc>,
-    capacity: usize,
-}
-
-impl<D: Device> Staging<D> {
-    fn new() -> Self {
-        Staging {
-            alloc: None,
-            capacity: 0,
-        }
-    }
-
-    /// Copies `bytes` to the device (after the work already queued); returns their address.
-    fn upload(&mut self, device: &D, bytes: &[u8]) -> Result<u64, CudaError> {
-        let alloc = match self.alloc.take() {
-            Some(alloc) if self.capacity >= bytes.len() => alloc,
-            old => {
-                if old.is_some() {
-                    // Launches already queued may still read the old allocation.
-                    device.synchronize()?;
-                }
-                drop(old);
-                self.capacity = bytes.len();
-                device.alloc(bytes.len().max(4))?
-            }
-        };
-        let ptr = D::address(&alloc);
-        self.alloc = Some(alloc);
-        // SAFETY: the allocation is live and holds at least `bytes.len()` bytes.
-        unsafe { device.upload(ptr, bytes)? };
-        Ok(ptr)
-    }
 }
 
 /// Where a batch of B pairs is rendered: the model's inputs, in S1's layouts.
@@ -89,8 +53,8 @@ pub struct PairRenderer<'a, D: Device> {
     /// output index the first input index, the tap count and `ksize` weights.
     taps: D::Alloc,
     ksize: usize,
-    views: Staging<D>,
-    records: Staging<D>,
+    views: Scratch<D>,
+    records: Scratch<D>,
     host_records: Vec<k::ExemplarRecord>,
 }
 
@@ -124,8 +88,8 @@ impl<D: Device> Cuda<D> {
             cfg: *cfg,
             taps,
             ksize: coeffs.ksize,
-            views: Staging::new(),
-            records: Staging::new(),
+            views: Scratch::new(),
+            records: Scratch::new(),
             host_records: Vec::new(),
         })
     }
