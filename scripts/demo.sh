@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 scripts/fetch-sample-data.sh data
 cargo build --release -p cim-cpu
-bin=target/release/cim-cpu
+bin=${CARGO_TARGET_DIR:-target}/release/cim-cpu
 out=runs/demo
 if [ -d "$out/checkpoints" ]; then
     echo "demo: continuing the run in $out (delete it to start over)"

@@ -21,7 +21,7 @@ DEPENDENCE_MARGIN=0.02
 scripts/fetch-sample-data.sh data >/dev/null
 cargo build --quiet --release -p cim-cpu
 cargo run --quiet --release -p cim-train --example idx_to_png -- data/fashion-mnist 6000 data/fashion-mnist-png
-bin=target/release/cim-cpu
+bin=${CARGO_TARGET_DIR:-target}/release/cim-cpu
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

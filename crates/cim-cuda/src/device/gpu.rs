@@ -1,8 +1,8 @@
 //! The GPU: cudarc's driver API on one stream of one device, kernels compiled by NVRTC
 //! for the device's own architecture on first use (then kept per module), GEMMs through
 //! cuBLAS (SGEMM for f32 inputs, GemmEx with bf16 inputs and f32 accumulation on tensor
-//! cores for [`GemmMath::Bf16`]). CUDA libraries are loaded at run time; their absence is an error that says which
-//! library is missing, never a panic.
+//! cores for [`GemmMath::Bf16`]). CUDA libraries are loaded at run time; their absence is
+//! an error that says which library is missing, never a panic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
