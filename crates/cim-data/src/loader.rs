@@ -128,9 +128,9 @@ pub struct LoaderOptions {
     pub workers: usize,
     /// Batches that may exist ahead of the consumer, finished or in progress (at least 1).
     /// Workers share the samples of these batches, so 2 already keeps every worker busy;
-    /// more absorbs slow files. Memory grows with it: a [`Batch`] holds B (3 m^2 + 3 K n^2
-    /// + K m^2) floats, 1.2 MB per sample for the ImageNet recipe; a [`ViewBatch`] B 3 S^2
-    /// bytes, 0.15 MB per sample.
+    /// more absorbs slow files. Memory grows with it: a [`Batch`] holds
+    /// B (3 m^2 + 3 K n^2 + K m^2) floats, 1.2 MB per sample for the ImageNet recipe; a
+    /// [`ViewBatch`] holds B 3 S^2 bytes, 0.15 MB per sample.
     pub prefetch: usize,
     /// The run's seed.
     pub seed: u64,
