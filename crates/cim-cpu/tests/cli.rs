@@ -150,6 +150,18 @@ fn bad_input_is_named() {
         ),
         (
             &[
+                "pretrain",
+                "--recipe",
+                "micro",
+                "--render",
+                "device",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "--render device: the cpu",
+        ),
+        (
+            &[
                 "export",
                 "--checkpoint",
                 dir.path().to_str().unwrap(),

@@ -7,10 +7,57 @@
 //! accumulation; everything else f32).
 //! `CIM_CUDA_EMULATE=1` runs everything on the host emulator instead: slow, but it runs
 //! the very kernel sources on a machine without a GPU.
+//!
+//! `pretrain` renders pairs on the device by default (issue 6, S2 item 2): the loader's
+//! workers only decode images and cut 8-bit search views, and [`PairRenderer`] writes the
+//! contexts, exemplars and maps into the model's input buffers (`--render host` renders
+//! them on the CPU instead).
 
 use anyhow::{Context, Result, anyhow};
-use cim_cuda::{Cuda, GemmMath};
+use cim_cuda::{Cuda, Device, GemmMath, PairOutputs, PairRenderer};
+use cim_data::{PairConfig, ViewBatch};
+use cim_model::Batch;
+use cim_spec::backend::Memory;
 use cim_train::cli::{BinaryDefaults, main as cli_main};
+use cim_train::data::DeviceRenderer;
+
+/// The backend's pair renderer as the trainer's [`DeviceRenderer`].
+struct OnDevice<'a, D: Device>(PairRenderer<'a, D>);
+
+impl<D: Device> DeviceRenderer<Cuda<D>> for OnDevice<'_, D> {
+    fn render(
+        &mut self,
+        cuda: &Cuda<D>,
+        views: &ViewBatch,
+        into: &mut Batch<Cuda<D>>,
+    ) -> Result<()> {
+        let whole = |buf| 0..Cuda::<D>::buffer_len(buf);
+        let (context, exemplars, maps) = (
+            whole(&into.context),
+            whole(&into.exemplars),
+            whole(&into.maps),
+        );
+        let out = PairOutputs {
+            context: cuda.view_mut(&mut into.context, context),
+            exemplars: cuda.view_mut(&mut into.exemplars, exemplars),
+            maps: cuda.view_mut(&mut into.maps, maps),
+        };
+        self.0
+            .render(&views.views, &views.plans, out)
+            .map_err(|e| anyhow!("cim-cuda: {e}"))
+    }
+}
+
+/// `cuda`'s [`DeviceRenderer`] of `cfg`'s pairs.
+fn renderer<'b, D: Device>(
+    cuda: &'b Cuda<D>,
+    cfg: &PairConfig,
+) -> Result<Box<dyn DeviceRenderer<Cuda<D>> + 'b>> {
+    let renderer = cuda
+        .pair_renderer(cfg)
+        .map_err(|e| anyhow!("cim-cuda: {e}"))?;
+    Ok(Box::new(OnDevice(renderer)))
+}
 
 fn device_ordinal() -> Result<usize> {
     for var in ["CIM_CUDA_DEVICE", "LOCAL_RANK"] {
@@ -24,17 +71,24 @@ fn device_ordinal() -> Result<usize> {
     Ok(0)
 }
 
+/// The preflight on by default, pairs rendered on the device.
+fn defaults<D: Device>() -> BinaryDefaults<Cuda<D>> {
+    BinaryDefaults {
+        preflight: true,
+        renderer: Some(renderer),
+    }
+}
+
 fn main() -> Result<()> {
-    let defaults = BinaryDefaults { preflight: true };
     let gemm = GemmMath::from_env().map_err(|e| anyhow!("cim-cuda: {e}"))?;
     if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
-        return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults);
+        return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults());
     }
     cli_main(
         || {
             let ordinal = device_ordinal()?;
             Cuda::gpu_with(ordinal, gemm).map_err(|e| anyhow!("cim-cuda: {e}"))
         },
-        defaults,
+        defaults(),
     )
 }

@@ -2,8 +2,11 @@
 //! 6 x 64 exemplars, every transform on), from JPEG files and from packed shards, beside the
 //! same pipeline written the way the public PyTorch release does it
 //! (`benches/python/pairs_baseline.py`, PIL + torchvision, one thread), on the same images.
-//! Also splits the Rust time into its stages and compares two JPEG decoders. Prints; never
-//! asserts timings.
+//! Side by side in one table with their ratios to that baseline: the whole pair on the CPU
+//! (the `Loader`'s work per slot) and the device path's CPU share, decode + plan + search
+//! view (the `ViewLoader`'s work per slot; the GPU renders the rest, issue 6). Also splits
+//! the Rust time into its stages, times both loaders on all cores, and compares two JPEG
+//! decoders. Prints; never asserts timings.
 //!
 //!   scripts/fetch-sample-data.sh && cargo bench -p cim-data --bench pairs
 //!
@@ -18,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cim_data::{
-    CropBox, Dataset, Kernel, Loader, LoaderOptions, PackOptions, PairConfig, decode_rgb8,
-    make_pair, pack, plan_pair, render_exemplar, resize, resize_crop, sample, search_view,
+    Batch, BatchLoader, CropBox, Dataset, Kernel, LoaderBatch, LoaderOptions, PackOptions,
+    PairConfig, ViewBatch, decode_rgb8, make_pair, pack, plan_pair, plan_view, render_exemplar,
+    resize, resize_crop, sample,
 };
 use cim_spec::rng::CimRng;
 
@@ -50,6 +54,67 @@ fn rate(secs: f64, mut f: impl FnMut(usize)) -> f64 {
         _ => start.elapsed().as_secs_f64(),
     };
     calls as f64 / spent
+}
+
+/// Samples per second of wall time of a loader yielding `T` with `workers` threads over
+/// whole epochs of `ds` (batches of 16, or the whole set when smaller), for about `secs`.
+fn loader_rate<T: LoaderBatch>(
+    ds: &Arc<Dataset>,
+    cfg: PairConfig,
+    workers: usize,
+    secs: f64,
+) -> f64 {
+    let batch = ds.len().min(16);
+    let start = Instant::now();
+    let mut samples = 0;
+    let mut epoch = 0;
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        let opts = LoaderOptions {
+            batch_size: batch,
+            workers,
+            epoch,
+            ..LoaderOptions::default()
+        };
+        for b in BatchLoader::<T>::new(Arc::clone(ds), cfg, opts).expect("loader") {
+            b.expect("batch");
+            samples += batch;
+        }
+        epoch += 1;
+    }
+    samples as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The pairs/s of the release-style Python pipeline on `images`, or `None` (with the
+/// reason on stderr) when `python` is `none` or the script fails.
+fn python_rate(root: &Path, python: &str, images: &Path, secs: f64) -> Option<f64> {
+    if python == "none" {
+        return None;
+    }
+    let script = root.join("benches/python/pairs_baseline.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg("--images")
+        .arg(images)
+        .arg("--seconds")
+        .arg(secs.to_string())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v.get("pairs_per_s").and_then(serde_json::Value::as_f64)),
+        Ok(o) => {
+            eprintln!(
+                "python baseline failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("python baseline not run ({python}: {e})");
+            None
+        }
+    }
 }
 
 fn main() {
@@ -168,45 +233,19 @@ fn main() {
     let shard_rate = rate(secs, |i| {
         black_box(sample(&shards, &cfg, 0, 0, i % n).ok());
     });
-    // What stays on the CPU if the context, exemplars and maps are rendered on the GPU
-    // from an uploaded 8-bit search view (S2 item 2): load, plan, search view.
-    let search_only = |ds: &Dataset, i: usize| {
+    // What stays on the CPU when the device renders the context, exemplars and maps from
+    // an uploaded 8-bit search view (S2 item 2): a ViewLoader slot's work, load + plan_view.
+    let view_only = |ds: &Dataset, i: usize| {
         let img = ds.load(i % n).expect("loads");
-        let plan =
-            plan_pair(img.width(), img.height(), &cfg, &mut CimRng::new(i as u64)).expect("plans");
-        black_box(search_view(&img, &plan.search, cfg.input_size).expect("fits"));
+        black_box(plan_view(&img, &cfg, &mut CimRng::new(i as u64)).expect("plans"));
     };
-    let files_view = rate(secs, |i| search_only(&ds, i));
-    let shards_view = rate(secs, |i| search_only(&shards, i));
+    let files_view = rate(secs, |i| view_only(&ds, i));
+    let shards_view = rate(secs, |i| view_only(&shards, i));
     let workers = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let loader_rate = {
-        let batch = 16;
-        let opts = LoaderOptions {
-            batch_size: batch,
-            workers,
-            drop_last: false,
-            ..LoaderOptions::default()
-        };
-        let start = Instant::now();
-        let mut samples = 0;
-        let mut epoch = 0;
-        while start.elapsed() < Duration::from_secs_f64(secs) {
-            let loader = Loader::new(
-                Arc::clone(&ds),
-                cfg,
-                LoaderOptions {
-                    epoch,
-                    ..opts.clone()
-                },
-            )
-            .expect("loader");
-            for b in loader {
-                samples += b.expect("batch").len();
-            }
-            epoch += 1;
-        }
-        samples as f64 / start.elapsed().as_secs_f64()
-    };
+    let loader_pairs = loader_rate::<Batch>(&ds, cfg, workers, secs);
+    let loader_views = loader_rate::<ViewBatch>(&ds, cfg, workers, secs);
+    let python = std::env::var("CIM_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let py = python_rate(&root, &python, &images, secs);
 
     println!();
     println!("stage (Rust, one thread)                   per second   ms each");
@@ -219,66 +258,30 @@ fn main() {
     row("pair from a decoded image (all of S2)", pairs_decoded);
     row("  the same with bilinear exemplars", pairs_bilinear);
     println!();
-    println!("pairs per second, ImageNet recipe            pairs/s   ms each");
-    row("Rust, from JPEG files, one core", files);
-    row(
-        &format!(
-            "Rust, from shards (shorter side 256, {} MB), one core",
-            packed.bytes >> 20
-        ),
-        shard_rate,
+    println!(
+        "pairs per second per core, ImageNet recipe                       pairs/s   ms each   x Python"
     );
-    row(
-        &format!("Rust Loader, {workers} workers, batch 16, files (wall)"),
-        loader_rate,
-    );
-    row(
-        "Rust, search view only (GPU renders the rest), files",
-        files_view,
-    );
-    row(
-        "Rust, search view only (GPU renders the rest), shards",
+    let versus = |name: &str, r: f64| {
+        let ratio = py.map_or("-".to_string(), |py| format!("{:.1}x", r / py));
+        println!("{name:<64} {r:>8.1} {:>9.3} {ratio:>10}", 1000.0 / r);
+    };
+    let shard_note = format!("shards (shorter side 256, {} MB)", packed.bytes >> 20);
+    versus("whole pair on the CPU, JPEG files", files);
+    versus(&format!("whole pair on the CPU, {shard_note}"), shard_rate);
+    versus("device path (plan + search view), JPEG files", files_view);
+    versus(
+        &format!("device path (plan + search view), {shard_note}"),
         shards_view,
     );
-
-    let python = std::env::var("CIM_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    if python == "none" {
-        return;
+    match py {
+        Some(py) => versus("Python/PIL/torchvision, release style, JPEG files", py),
+        None => println!("Python/PIL/torchvision baseline: not run ({python})"),
     }
-    let script = root.join("benches/python/pairs_baseline.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg("--images")
-        .arg(&images)
-        .arg("--seconds")
-        .arg(secs.to_string())
-        .output();
-    let py_rate = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find_map(|v| v.get("pairs_per_s").and_then(serde_json::Value::as_f64)),
-        Ok(o) => {
-            eprintln!(
-                "python baseline failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("python baseline not run ({python}: {e})");
-            None
-        }
-    };
-    if let Some(py) = py_rate {
-        row("Python/PIL/torchvision (release style), one core", py);
-        println!();
-        println!(
-            "ratio Rust/Python per core: files {:.1}x, shards {:.1}x; search view only: files {:.1}x, shards {:.1}x",
-            files / py,
-            shard_rate / py,
-            files_view / py,
-            shards_view / py
-        );
-    }
+    println!();
+    println!(
+        "loaders, {workers} workers, batches of {}, JPEG files (wall)",
+        n.min(16)
+    );
+    row("  Loader (whole pairs), pairs/s", loader_pairs);
+    row("  ViewLoader (plans + search views), pairs/s", loader_views);
 }

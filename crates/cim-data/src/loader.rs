@@ -14,6 +14,12 @@
 //! cut into groups of `count` batches and shard `index` takes the `index`-th batch of every
 //! group, so batch `b` of all shards together is exactly batch `b` of one loader with
 //! `count` times the batch size.
+//!
+//! The loader comes in two modes over the same machinery ([`BatchLoader`], generic over
+//! the [`LoaderBatch`] it builds): [`Loader`] renders whole pairs on the CPU ([`Batch`]);
+//! [`ViewLoader`] stops at each sample's plan and 8-bit search view ([`ViewBatch`], S2 item
+//! 2) for a device that renders the rest. A slot's generator is the same in both, so the
+//! views and plans are exactly those the pairs of [`Loader`] are rendered from.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -28,7 +34,8 @@ use serde::Serialize;
 
 use crate::dataset::Dataset;
 use crate::error::DataError;
-use crate::pair::{Pair, PairConfig, make_pair};
+use crate::pair::{Pair, PairConfig, PairPlan, PlannedView, make_pair, plan_view};
+use crate::rgb::RgbImage;
 
 /// The generator stream of the epoch's shuffle: `derive(seed, &[SHUFFLE_STREAM, epoch])`,
 /// a path no sample's `[epoch, index]` reaches while epochs stay below `u64::MAX`.
@@ -43,8 +50,18 @@ pub fn sample(
     epoch: u64,
     index: usize,
 ) -> Result<Pair, DataError> {
-    let img = dataset.load(index)?;
-    make_pair(&img, cfg, &mut CimRng::derive(seed, &[epoch, index as u64]))
+    let mut rng = CimRng::derive(seed, &[epoch, index as u64]);
+    generate::<Batch>(dataset, cfg, index, &mut rng)
+}
+
+/// Decodes image `index` and generates its `T` sample with `rng`.
+fn generate<T: LoaderBatch>(
+    dataset: &Dataset,
+    cfg: &PairConfig,
+    index: usize,
+    rng: &mut CimRng,
+) -> Result<T::Sample, DataError> {
+    T::generate(&dataset.load(index)?, cfg, rng)
 }
 
 /// The order images are visited in `epoch`: a Fisher-Yates shuffle of 0..len drawn from
@@ -111,8 +128,9 @@ pub struct LoaderOptions {
     pub workers: usize,
     /// Batches that may exist ahead of the consumer, finished or in progress (at least 1).
     /// Workers share the samples of these batches, so 2 already keeps every worker busy;
-    /// more absorbs slow files. Memory grows with it: a batch holds B (3 m^2 + 3 K n^2 +
-    /// K m^2) floats, 1.2 MB per sample for the ImageNet recipe.
+    /// more absorbs slow files. Memory grows with it: a [`Batch`] holds
+    /// B (3 m^2 + 3 K n^2 + K m^2) floats, 1.2 MB per sample for the ImageNet recipe; a
+    /// [`ViewBatch`] holds B 3 S^2 bytes, 0.15 MB per sample.
     pub prefetch: usize,
     /// The run's seed.
     pub seed: u64,
@@ -205,6 +223,131 @@ impl Batch {
     }
 }
 
+/// A batch for a device that renders pairs itself (S2 item 2): each sample's 8-bit search
+/// view and plan, in the layout cim-cuda's pair renderer takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewBatch {
+    /// Search views back to back, `[B, S, S, 3]`: interleaved RGB8, row-major, each already
+    /// flipped as its plan's search box says ([`crate::search_view`]).
+    pub views: Vec<u8>,
+    /// Each sample's plan.
+    pub plans: Vec<PairPlan>,
+    /// As [`Batch::indices`].
+    pub indices: Vec<usize>,
+    /// As [`Batch::labels`].
+    pub labels: Vec<Option<usize>>,
+    /// As [`Batch::skipped`].
+    pub skipped: Vec<SkipRecord>,
+}
+
+impl ViewBatch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether the batch holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// The bookkeeping of a batch's slots, in slot order, that every [`LoaderBatch`] carries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slots {
+    /// The dataset index of each slot.
+    pub indices: Vec<usize>,
+    /// The label of the image each slot's sample was made from.
+    pub labels: Vec<Option<usize>>,
+    /// Files skipped while filling the slots.
+    pub skipped: Vec<SkipRecord>,
+}
+
+/// What a [`BatchLoader`] builds: the sample each slot generates and how a batch lays them
+/// out.
+pub trait LoaderBatch: Sized + Send + 'static {
+    /// One slot's sample.
+    type Sample: Send + 'static;
+    /// The sample of a decoded image, drawn from `rng` (S2).
+    fn generate(
+        img: &RgbImage,
+        cfg: &PairConfig,
+        rng: &mut CimRng,
+    ) -> Result<Self::Sample, DataError>;
+    /// The batch of `samples` (in slot order) and their slots' bookkeeping.
+    fn assemble(samples: Vec<Self::Sample>, slots: Slots) -> Self;
+    /// Files skipped while building the batch.
+    fn skipped(&self) -> &[SkipRecord];
+}
+
+impl LoaderBatch for Batch {
+    type Sample = Pair;
+
+    fn generate(img: &RgbImage, cfg: &PairConfig, rng: &mut CimRng) -> Result<Pair, DataError> {
+        make_pair(img, cfg, rng)
+    }
+
+    fn assemble(pairs: Vec<Pair>, slots: Slots) -> Batch {
+        let Slots {
+            indices,
+            labels,
+            skipped,
+        } = slots;
+        Batch {
+            context: pairs
+                .iter()
+                .flat_map(|p| p.context.iter().copied())
+                .collect(),
+            exemplars: pairs
+                .iter()
+                .flat_map(|p| p.exemplars.iter().copied())
+                .collect(),
+            maps: pairs.iter().flat_map(|p| p.maps.iter().copied()).collect(),
+            indices,
+            labels,
+            skipped,
+        }
+    }
+
+    fn skipped(&self) -> &[SkipRecord] {
+        &self.skipped
+    }
+}
+
+impl LoaderBatch for ViewBatch {
+    type Sample = PlannedView;
+
+    fn generate(
+        img: &RgbImage,
+        cfg: &PairConfig,
+        rng: &mut CimRng,
+    ) -> Result<PlannedView, DataError> {
+        plan_view(img, cfg, rng)
+    }
+
+    fn assemble(samples: Vec<PlannedView>, slots: Slots) -> ViewBatch {
+        let Slots {
+            indices,
+            labels,
+            skipped,
+        } = slots;
+        ViewBatch {
+            views: samples
+                .iter()
+                .flat_map(|s| s.search_view.as_raw().iter().copied())
+                .collect(),
+            plans: samples.into_iter().map(|s| s.plan).collect(),
+            indices,
+            labels,
+            skipped,
+        }
+    }
+
+    fn skipped(&self) -> &[SkipRecord] {
+        &self.skipped
+    }
+}
+
 struct Job {
     dataset: Arc<Dataset>,
     cfg: PairConfig,
@@ -220,12 +363,17 @@ impl Job {
 
     /// One slot: the sample of `index`, or under the skip policy the first image after it
     /// that decodes, generated from `derive(seed, &[epoch, index, attempt])`.
-    fn slot(&self, index: usize, skipped: &mut Vec<SkipRecord>) -> Result<Pair, DataError> {
+    fn slot<T: LoaderBatch>(
+        &self,
+        index: usize,
+        skipped: &mut Vec<SkipRecord>,
+    ) -> Result<T::Sample, DataError> {
         let (seed, epoch) = (self.opts.seed, self.opts.epoch);
         let first_record = skipped.len();
-        let first = sample(&self.dataset, &self.cfg, seed, epoch, index);
+        let mut rng = CimRng::derive(seed, &[epoch, index as u64]);
+        let first = generate::<T>(&self.dataset, &self.cfg, index, &mut rng);
         let budget = match (&self.opts.skip, first) {
-            (_, Ok(pair)) => return Ok(pair),
+            (_, Ok(sample)) => return Ok(sample),
             (SkipPolicy::Fail, Err(e)) => return Err(e),
             (SkipPolicy::Skip { budget, .. }, Err(e)) => {
                 skipped.push(self.record(index, index, &e));
@@ -237,16 +385,12 @@ impl Job {
         for attempt in 1..=budget.min(len.saturating_sub(1)) {
             let j = (index + attempt) % len;
             let mut rng = CimRng::derive(seed, &[epoch, index as u64, attempt as u64]);
-            let result = self
-                .dataset
-                .load(j)
-                .and_then(|img| make_pair(&img, &self.cfg, &mut rng));
-            match result {
-                Ok(pair) => {
+            match generate::<T>(&self.dataset, &self.cfg, j, &mut rng) {
+                Ok(sample) => {
                     for r in &mut skipped[first_record..] {
                         r.replacement = j;
                     }
-                    return Ok(pair);
+                    return Ok(sample);
                 }
                 Err(e) => skipped.push(self.record(j, j, &e)),
             }
@@ -274,77 +418,71 @@ impl Job {
         }
     }
 
-    /// Assembles a batch from its slots' pairs, in slot order.
-    fn assemble(&self, b: usize, slots: Vec<SlotResult>) -> Result<Batch, DataError> {
+    /// Assembles batch `b` from its slots' samples, in slot order.
+    fn assemble<T: LoaderBatch>(
+        &self,
+        b: usize,
+        slots: Vec<SlotResult<T>>,
+    ) -> Result<T, DataError> {
         let range = self.batch_range(b);
-        let bsz = range.len();
-        let (m, n, k) = (
-            self.cfg.context_size,
-            self.cfg.exemplar_size,
-            self.cfg.exemplars,
-        );
-        let mut batch = Batch {
-            context: Vec::with_capacity(bsz * 3 * m * m),
-            exemplars: Vec::with_capacity(bsz * k * 3 * n * n),
-            maps: Vec::with_capacity(bsz * k * m * m),
-            indices: Vec::with_capacity(bsz),
-            labels: Vec::with_capacity(bsz),
+        let mut samples = Vec::with_capacity(range.len());
+        let mut book = Slots {
+            indices: Vec::with_capacity(range.len()),
+            labels: Vec::with_capacity(range.len()),
             skipped: Vec::new(),
         };
         for (&index, slot) in self.order[range].iter().zip(slots) {
-            let (pair, skipped) = slot?;
+            let (sample, skipped) = slot?;
             let source = skipped.last().map_or(index, |r| r.replacement);
-            batch.context.extend_from_slice(&pair.context);
-            batch.exemplars.extend_from_slice(&pair.exemplars);
-            batch.maps.extend_from_slice(&pair.maps);
-            batch.indices.push(index);
-            batch.labels.push(self.dataset.label(source));
-            batch.skipped.extend(skipped);
+            samples.push(sample);
+            book.indices.push(index);
+            book.labels.push(self.dataset.label(source));
+            book.skipped.extend(skipped);
         }
-        Ok(batch)
+        Ok(T::assemble(samples, book))
     }
 }
 
-/// One slot's outcome: its pair and the files skipped on the way, or the error.
-type SlotResult = Result<(Pair, Vec<SkipRecord>), DataError>;
+/// One slot's outcome: its sample and the files skipped on the way, or the error.
+type SlotResult<T> = Result<(<T as LoaderBatch>::Sample, Vec<SkipRecord>), DataError>;
 
 /// A batch whose slots are being generated.
-struct Partial {
-    slots: Vec<Option<SlotResult>>,
+struct Partial<T: LoaderBatch> {
+    slots: Vec<Option<SlotResult<T>>>,
     filled: usize,
 }
 
-struct State {
+struct State<T: LoaderBatch> {
     /// Next epoch position to claim.
     next_claim: usize,
     /// Batches handed to the consumer (counted from batch 0, so it starts at start_batch).
     delivered: usize,
-    partial: BTreeMap<usize, Partial>,
-    ready: BTreeMap<usize, Result<Batch, DataError>>,
+    partial: BTreeMap<usize, Partial<T>>,
+    ready: BTreeMap<usize, Result<T, DataError>>,
     stop: bool,
 }
 
-struct Shared {
+struct Shared<T: LoaderBatch> {
     job: Job,
     /// Batches in the epoch.
     end: usize,
     /// Positions in the epoch's batches (the last batch may be short).
     end_position: usize,
     window: usize,
-    state: Mutex<State>,
+    state: Mutex<State<T>>,
     work: Condvar,
     done: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<T: LoaderBatch> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Nothing panics while the lock is held (values are only moved), so a poisoned
         // lock still holds consistent state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn worker(shared: Arc<Shared>) {
+fn worker<T: LoaderBatch>(shared: Arc<Shared<T>>) {
     let bsz = shared.job.opts.batch_size;
     loop {
         let position = {
@@ -366,8 +504,8 @@ fn worker(shared: Arc<Shared>) {
             let mut skipped = Vec::new();
             shared
                 .job
-                .slot(index, &mut skipped)
-                .map(|pair| (pair, skipped))
+                .slot::<T>(index, &mut skipped)
+                .map(|sample| (sample, skipped))
         }))
         .unwrap_or_else(|_| {
             Err(DataError::Config(format!(
@@ -400,10 +538,10 @@ fn worker(shared: Arc<Shared>) {
     }
 }
 
-/// One epoch of batches: an iterator of `Result<Batch, DataError>` that ends after the last
+/// One epoch of batches: an iterator of `Result<T, DataError>` that ends after the last
 /// batch or after the first error.
-pub struct Loader {
-    shared: Arc<Shared>,
+pub struct BatchLoader<T: LoaderBatch> {
+    shared: Arc<Shared<T>>,
     handles: Vec<JoinHandle<()>>,
     next: usize,
     finished: bool,
@@ -414,7 +552,13 @@ pub struct Loader {
     waited: Duration,
 }
 
-impl Loader {
+/// The loader of whole pairs rendered on the CPU.
+pub type Loader = BatchLoader<Batch>;
+
+/// The loader of search views and plans, for a device that renders the pairs.
+pub type ViewLoader = BatchLoader<ViewBatch>;
+
+impl<T: LoaderBatch> BatchLoader<T> {
     /// Starts the workers for one epoch. Errors: a bad pair configuration, a zero batch
     /// size, a shard outside its count or of several processes without `drop_last`, no full
     /// batch with `drop_last`, `start_batch` past the end, an unopenable log.
@@ -422,7 +566,7 @@ impl Loader {
         dataset: Arc<Dataset>,
         cfg: PairConfig,
         opts: LoaderOptions,
-    ) -> Result<Loader, DataError> {
+    ) -> Result<Self, DataError> {
         cfg.validate()?;
         let n = dataset.len();
         if opts.batch_size == 0 {
@@ -508,11 +652,11 @@ impl Loader {
             let s = Arc::clone(&shared);
             let h = std::thread::Builder::new()
                 .name(format!("cim-data-{i}"))
-                .spawn(move || worker(s))
+                .spawn(move || worker::<T>(s))
                 .map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))?;
             handles.push(h);
         }
-        Ok(Loader {
+        Ok(BatchLoader {
             shared,
             handles,
             next: start,
@@ -563,21 +707,21 @@ impl Loader {
     }
 
     /// Counts and logs a batch's skips; an error once past the budget.
-    fn account(&mut self, batch: &Batch) -> Result<(), DataError> {
+    fn account(&mut self, batch: &T) -> Result<(), DataError> {
         let Some(budget) = self.budget else {
             return Ok(());
         };
         if let Some((path, log)) = &mut self.log {
-            for r in &batch.skipped {
+            for r in batch.skipped() {
                 let line =
                     serde_json::to_string(r).map_err(|e| DataError::Config(e.to_string()))?;
                 writeln!(log, "{line}").map_err(|e| DataError::write(path, e))?;
             }
             log.flush().map_err(|e| DataError::write(path, e))?;
         }
-        self.skipped += batch.skipped.len();
+        self.skipped += batch.skipped().len();
         if self.skipped > budget {
-            let last = batch.skipped.last();
+            let last = batch.skipped().last();
             return Err(DataError::SkipBudget {
                 skipped: self.skipped,
                 budget,
@@ -589,8 +733,8 @@ impl Loader {
     }
 }
 
-impl Iterator for Loader {
-    type Item = Result<Batch, DataError>;
+impl<T: LoaderBatch> Iterator for BatchLoader<T> {
+    type Item = Result<T, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.finished || self.next >= self.shared.end {
@@ -619,7 +763,7 @@ impl Iterator for Loader {
     }
 }
 
-impl Drop for Loader {
+impl<T: LoaderBatch> Drop for BatchLoader<T> {
     fn drop(&mut self) {
         self.stop();
         for h in self.handles.drain(..) {

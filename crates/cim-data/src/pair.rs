@@ -4,8 +4,9 @@
 //! exemplar-only photometric transforms and the S1 normalisation into f32 NCHW.
 //!
 //! A pair is split into a [`PairPlan`] (every random draw, made from the image size alone)
-//! and its rendering, so the draws can be inspected, replayed, or later rendered elsewhere
-//! (S2: only the search view needs to leave the decoder).
+//! and its rendering, so the draws can be inspected, replayed, or rendered elsewhere:
+//! [`plan_view`] stops at the plan and the 8-bit search view (S2 item 2: only the search
+//! view needs to leave the decoder), which is what a device renderer takes.
 //!
 //! RNG draw order for one sample (the contract; the golden tests of cim-spec pin the first
 //! two steps): (1) `sample_search_view` (up to 10 tries of area and aspect, the offsets, the
@@ -158,10 +159,32 @@ pub struct Pair {
     pub maps: Vec<f32>,
 }
 
-/// Generates a pair from a decoded image (S2 items 2-7): plan, then render.
-pub fn make_pair(img: &RgbImage, cfg: &PairConfig, rng: &mut CimRng) -> Result<Pair, DataError> {
+/// A pair's plan and its search view: all the CPU computes when a device renders the rest
+/// (S2 item 2), and the first half of [`make_pair`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedView {
+    /// The draws of the pair.
+    pub plan: PairPlan,
+    /// The S x S search view (8-bit, flipped if the plan says so): the canvas of the rects.
+    pub search_view: RgbImage,
+}
+
+/// Draws a pair's plan for a decoded image and cuts its search view (S2 items 1-2; draw
+/// order in the module notes): what [`make_pair`] renders the rest of the pair from.
+pub fn plan_view(
+    img: &RgbImage,
+    cfg: &PairConfig,
+    rng: &mut CimRng,
+) -> Result<PlannedView, DataError> {
+    cfg.validate()?;
     let plan = plan_pair(img.width(), img.height(), cfg, rng)?;
-    render_pair(img, plan, cfg)
+    let search_view = search_view(img, &plan.search, cfg.input_size)?;
+    Ok(PlannedView { plan, search_view })
+}
+
+/// Generates a pair from a decoded image (S2 items 2-7): [`plan_view`], then render.
+pub fn make_pair(img: &RgbImage, cfg: &PairConfig, rng: &mut CimRng) -> Result<Pair, DataError> {
+    render_planned(plan_view(img, cfg, rng)?, cfg)
 }
 
 /// The search view of S2 item 2: the box cut from `img`, resampled to `input_size` squared
@@ -204,8 +227,15 @@ pub fn render_pair(img: &RgbImage, plan: PairPlan, cfg: &PairConfig) -> Result<P
             cfg.exemplars
         )));
     }
+    let search_view = search_view(img, &plan.search, cfg.input_size)?;
+    render_planned(PlannedView { plan, search_view }, cfg)
+}
+
+/// Renders the context, exemplars and maps of a pair from its search view (S2 items 3-7);
+/// the caller has validated `cfg` and the plan's lengths.
+fn render_planned(view: PlannedView, cfg: &PairConfig) -> Result<Pair, DataError> {
+    let PlannedView { plan, search_view } = view;
     let (s, m, n) = (cfg.input_size, cfg.context_size, cfg.exemplar_size);
-    let search_view = search_view(img, &plan.search, s)?;
     let context_rgb = if m == s {
         search_view.clone()
     } else {

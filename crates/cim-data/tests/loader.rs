@@ -1,13 +1,18 @@
 //! The loader: batches in the model's layout, identical for any worker count, resumable
 //! mid-epoch, and bad files handled by the skip policy (fail with the file's error, or
 //! replace, log and count until the budget runs out); the shards of data-parallel
-//! processes together make exactly the single-process epoch.
+//! processes together make exactly the single-process epoch; the view loader yields the
+//! search views and plans the pairs are rendered from.
 
 mod common;
 
 use std::sync::Arc;
 
-use cim_data::{DataError, Dataset, Loader, LoaderOptions, Shard, SkipPolicy, epoch_order, sample};
+use cim_data::{
+    DataError, Dataset, Loader, LoaderOptions, Shard, SkipPolicy, ViewLoader, epoch_order,
+    make_pair, sample,
+};
+use cim_spec::rng::CimRng;
 use common::*;
 
 fn dataset(dir: &std::path::Path, images: usize, bad: &[usize]) -> Arc<Dataset> {
@@ -310,4 +315,83 @@ fn impossible_options_are_errors() {
             Err(DataError::Config(_))
         ));
     }
+}
+
+#[test]
+fn view_batches_are_what_the_pairs_are_rendered_from_for_any_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(&dir.path().join("data"), 13, &[2, 7]);
+    let cfg = small_cfg();
+    let opts = |workers, prefetch| LoaderOptions {
+        prefetch,
+        skip: SkipPolicy::Skip {
+            budget: 2,
+            log: None,
+        },
+        ..options(workers)
+    };
+    let pairs: Vec<_> = Loader::new(Arc::clone(&ds), cfg, opts(2, 2))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let views: Vec<_> = ViewLoader::new(Arc::clone(&ds), cfg, opts(1, 1))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (workers, prefetch) in [(3, 2), (4, 1)] {
+        let other: Vec<_> = ViewLoader::new(Arc::clone(&ds), cfg, opts(workers, prefetch))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(views, other, "{workers} workers, prefetch {prefetch}");
+    }
+    assert_eq!(views.len(), pairs.len());
+    let view_bytes = cfg.input_size * cfg.input_size * 3;
+    let mut replaced = 0;
+    for (v, p) in views.iter().zip(&pairs) {
+        assert_eq!(
+            (&v.indices, &v.labels, &v.skipped),
+            (&p.indices, &p.labels, &p.skipped)
+        );
+        assert_eq!(v.views.len(), v.len() * view_bytes);
+        assert_eq!(v.plans.len(), v.len());
+        for (slot, &index) in v.indices.iter().enumerate() {
+            // The pair the full path renders in this slot: the sample of its index, or of
+            // its replacement with the slot's first retry generator.
+            let pair = match v.skipped.iter().find(|r| r.index == index) {
+                None => sample(&ds, &cfg, 11, 3, index).unwrap(),
+                Some(r) => {
+                    replaced += 1;
+                    let img = ds.load(r.replacement).unwrap();
+                    make_pair(&img, &cfg, &mut CimRng::derive(11, &[3, index as u64, 1])).unwrap()
+                }
+            };
+            assert_eq!(v.plans[slot], pair.plan, "image {index}");
+            assert_eq!(
+                &v.views[slot * view_bytes..(slot + 1) * view_bytes],
+                pair.search_view.as_raw(),
+                "image {index}"
+            );
+            let len = 3 * cfg.context_size * cfg.context_size;
+            assert_eq!(
+                &p.context[slot * len..(slot + 1) * len],
+                &pair.context[..],
+                "image {index}: the pair loader rendered this pair"
+            );
+        }
+    }
+    assert_eq!(replaced, 2, "both bad files were replaced");
+    // Resumed mid-epoch, it continues where it stopped.
+    let resumed: Vec<_> = ViewLoader::new(
+        Arc::clone(&ds),
+        cfg,
+        LoaderOptions {
+            start_batch: 2,
+            ..opts(2, 2)
+        },
+    )
+    .unwrap()
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(resumed, views[2..]);
 }

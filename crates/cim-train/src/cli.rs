@@ -10,7 +10,7 @@ use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::data::DataSource;
+use crate::data::{DataSource, MakeRenderer};
 use crate::distributed::{Collective, SingleProcess, TcpCollective, World};
 use crate::dump::{self, DumpOptions};
 use crate::eval;
@@ -18,7 +18,7 @@ use crate::export;
 use crate::recipe::Recipe;
 use crate::runs;
 use crate::trainer::STOP_REQUESTED;
-use crate::trainer::{self, PairSource, Resume, TrainOptions};
+use crate::trainer::{self, Feed, Resume, TrainOptions};
 use crate::visualize;
 use cim_data::{Shard, SkipPolicy};
 use std::path::Path;
@@ -123,6 +123,11 @@ pub enum Command {
         /// start and at every exchange of gradients or decisions.
         #[arg(long, default_value_t = 600)]
         dist_timeout: u64,
+        /// Where pairs are rendered (S2): `device` uploads 8-bit search views and renders
+        /// contexts, exemplars and maps on the backend's device (cim-cuda); `host` renders
+        /// whole pairs on the CPU; `auto` is `device` where the backend can.
+        #[arg(long, value_enum, default_value_t = RenderAt::Auto)]
+        render: RenderAt,
     },
     /// Draw the paper's Figure 5 (contexts, exemplars, true and predicted maps) from a
     /// checkpoint and a folder of images, and print the maps' mean IoU.
@@ -236,6 +241,17 @@ pub enum Switch {
     Off,
 }
 
+/// Where `pretrain` renders pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RenderAt {
+    /// On the device where the backend renders pairs, else on the host.
+    Auto,
+    /// On the backend's device (an error for a backend that cannot).
+    Device,
+    /// On the host.
+    Host,
+}
+
 /// Which encoder to export or evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Encoder {
@@ -255,11 +271,21 @@ impl From<Encoder> for EncoderChoice {
 }
 
 /// What differs between the binaries besides the backend.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BinaryDefaults {
+pub struct BinaryDefaults<B: Backend> {
     /// Whether `pretrain --preflight auto` runs the preflight (on for GPU backends, whose
     /// kernels and libraries vary with the card and driver).
     pub preflight: bool,
+    /// How the backend renders pairs on its device, if it can (`pretrain --render`).
+    pub renderer: Option<MakeRenderer<B>>,
+}
+
+impl<B: Backend> Default for BinaryDefaults<B> {
+    fn default() -> Self {
+        BinaryDefaults {
+            preflight: false,
+            renderer: None,
+        }
+    }
 }
 
 /// Parses the process arguments, builds the backend with `make_backend` (so `--help`
@@ -268,7 +294,7 @@ pub struct BinaryDefaults {
 /// signal exits at once.
 pub fn main<B: Backend>(
     make_backend: impl FnOnce() -> Result<B>,
-    defaults: BinaryDefaults,
+    defaults: BinaryDefaults<B>,
 ) -> Result<()> {
     let cli = Cli::parse();
     let installed = ctrlc::set_handler(|| {
@@ -291,7 +317,7 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
 }
 
 /// Runs a parsed command line on `backend` as the binary with `defaults` would.
-pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Result<()> {
+pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) -> Result<()> {
     match cli.command {
         Command::StepDump {
             model,
@@ -360,6 +386,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
             no_progress,
             preflight,
             dist_timeout,
+            render,
         } => {
             let world = World::from_env()?;
             if dist_timeout == 0 {
@@ -405,19 +432,32 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 index: world.rank,
                 count: world.size,
             };
-            let mut source = DataSource::open(&recipe, None, skip, shard)?;
+            let device = match (render, defaults.renderer) {
+                (RenderAt::Host, _) | (RenderAt::Auto, None) => None,
+                (RenderAt::Auto | RenderAt::Device, Some(make)) => Some((backend, make)),
+                (RenderAt::Device, None) => bail!(
+                    "--render device: the {} backend renders no pairs on its device; use --render host",
+                    backend.name()
+                ),
+            };
+            let mut source = DataSource::open(&recipe, None, skip, shard, device)?;
             if world.is_root() {
                 eprintln!(
-                    "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch{})",
+                    "pretraining {} on {} images of {} with {} ({} micro-batches of {} per epoch{}, pairs rendered on the {})",
                     recipe.name,
                     source.images(),
                     recipe.data.path,
                     backend.name(),
-                    source.batches_per_epoch(),
+                    Feed::<B>::batches_per_epoch(&source),
                     recipe.optim.batch_size,
                     match world.size {
                         1 => String::new(),
                         n => format!(" on each of {n} ranks"),
+                    },
+                    if source.renders_on_device() {
+                        "device"
+                    } else {
+                        "host"
                     }
                 );
             }

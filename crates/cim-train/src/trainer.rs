@@ -41,7 +41,37 @@ use crate::synthetic::{self, HostBatch};
 /// Set by the SIGINT/SIGTERM handler: checkpoint at the next step boundary, then stop.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-/// Where micro-batches come from.
+/// What the trainer reads micro-batches from: it fills the model's input buffers with
+/// micro-batch `index` of `epoch`. Every [`PairSource`] of host batches is one (its batches
+/// are uploaded); [`crate::data::DataSource`] may instead have the backend render the
+/// pairs on its device (S2 item 2).
+pub trait Feed<B: Backend> {
+    /// Micro-batches in one epoch.
+    fn batches_per_epoch(&self) -> u64;
+    /// Writes micro-batch `index` of `epoch` into `into`; the same arguments always give
+    /// the same data.
+    fn fill(&mut self, b: &B, epoch: u64, index: u64, into: &mut Batch<B>) -> Result<()>;
+    /// Seconds the last calls spent waiting for data (reset on read).
+    fn take_wait_seconds(&mut self) -> f64;
+}
+
+impl<B: Backend, S: PairSource + ?Sized> Feed<B> for S {
+    fn batches_per_epoch(&self) -> u64 {
+        PairSource::batches_per_epoch(self)
+    }
+
+    fn fill(&mut self, b: &B, epoch: u64, index: u64, into: &mut Batch<B>) -> Result<()> {
+        let host = self.batch(epoch, index)?;
+        into.upload(b, &host.context, &host.exemplars, &host.maps)
+            .map_err(backend_err)
+    }
+
+    fn take_wait_seconds(&mut self) -> f64 {
+        PairSource::take_wait_seconds(self)
+    }
+}
+
+/// Where host micro-batches come from.
 pub trait PairSource {
     /// Micro-batches in one epoch.
     fn batches_per_epoch(&self) -> u64;
@@ -178,7 +208,7 @@ fn save_checkpoint<B: Backend>(
 pub fn pretrain<B: Backend>(
     b: &B,
     recipe: &Recipe,
-    source: &mut dyn PairSource,
+    source: &mut dyn Feed<B>,
     opts: &TrainOptions,
 ) -> Result<Summary> {
     pretrain_distributed(b, recipe, source, opts, &mut SingleProcess)
@@ -192,7 +222,7 @@ pub fn pretrain<B: Backend>(
 pub fn pretrain_distributed<B: Backend>(
     b: &B,
     recipe: &Recipe,
-    source: &mut dyn PairSource,
+    source: &mut dyn Feed<B>,
     opts: &TrainOptions,
     comm: &mut dyn Collective<B>,
 ) -> Result<Summary> {
@@ -341,11 +371,8 @@ pub fn pretrain_distributed<B: Backend>(
                 model.zero_grads(b).map_err(backend_err)?;
                 group_loss = 0.0;
             }
-            let host = source.batch(epoch, i)?;
+            source.fill(b, epoch, i, &mut batch)?;
             window.2 += source.take_wait_seconds();
-            batch
-                .upload(b, &host.context, &host.exemplars, &host.maps)
-                .map_err(backend_err)?;
             // Dividing by the world size too makes the sum over the ranks the mean (S6).
             model
                 .forward_backward(b, &batch, o.accum_iter * world)
