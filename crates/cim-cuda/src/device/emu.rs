@@ -75,6 +75,11 @@ impl Device for Emulator {
         self.gemm
     }
 
+    /// The H100's (sm_90) limit, the card the emulator stands in for.
+    fn max_shared_bytes(&self) -> usize {
+        227 * 1024
+    }
+
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
         // SAFETY: the caller guarantees `dst` has room for `src` in a live allocation.
         unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };

@@ -9,10 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas;
 use cudarc::driver::result as driver;
-use cudarc::driver::sys::{CUdeviceptr, CUfunction, CUfunction_attribute, cudaError_enum};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUdeviceptr, CUfunction, CUfunction_attribute, cudaError_enum,
+};
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
 
-use crate::device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
+use crate::device::{
+    ColumnMajorGemm, DEFAULT_SHARED_BYTES, Device, GemmInput, GemmMath, LaunchDims,
+};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams, compile_module};
 
@@ -61,6 +65,7 @@ pub struct Gpu {
     name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CUfunction>>,
+    max_shared_bytes: usize,
 }
 
 // SAFETY: the raw handles (cuBLAS handle, CUfunction) are used only through `&self` methods
@@ -82,6 +87,10 @@ impl Gpu {
             .compute_capability()
             .map_err(|e| driver_error("compute capability", e))?;
         let name = ctx.name().map_err(|e| driver_error("device name", e))?;
+        let max_shared_bytes = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver_error("shared memory per block", e))?
+            .max(0) as usize;
         let stream = ctx
             .new_stream()
             .map_err(|e| driver_error("creating a stream", e))?;
@@ -123,6 +132,7 @@ impl Gpu {
             ),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            max_shared_bytes,
         })
     }
 
@@ -213,6 +223,10 @@ impl Device for Gpu {
         &self.name
     }
 
+    fn max_shared_bytes(&self) -> usize {
+        self.max_shared_bytes
+    }
+
     fn gemm_math(&self) -> GemmMath {
         self.gemm
     }
@@ -248,7 +262,7 @@ impl Device for Gpu {
     ) -> Result<(), CudaError> {
         self.bind()?;
         let f = self.function(kernel)?;
-        if dims.shared_bytes > 48 * 1024 {
+        if dims.shared_bytes as usize > DEFAULT_SHARED_BYTES {
             // SAFETY: `f` is a loaded function; the attribute only raises a limit.
             unsafe {
                 driver::function::set_function_attribute(

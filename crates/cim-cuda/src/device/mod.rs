@@ -147,6 +147,9 @@ pub struct ColumnMajorGemm {
     pub batch: usize,
 }
 
+/// Shared memory every CUDA device grants a block without opting in.
+pub const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+
 /// A device the backend runs on. Addresses are plain `u64` (a CUdeviceptr on the GPU, a
 /// host pointer in the emulator); the backend's views guarantee they are in bounds.
 pub trait Device: 'static {
@@ -161,6 +164,9 @@ pub trait Device: 'static {
     fn name(&self) -> &str;
     /// How its GEMMs round their inputs.
     fn gemm_math(&self) -> GemmMath;
+    /// The most dynamic shared memory one block may opt into (227 KiB on sm_90, 163 KiB on
+    /// sm_80, 99 KiB on sm_86/89); launches above [`DEFAULT_SHARED_BYTES`] opt in.
+    fn max_shared_bytes(&self) -> usize;
 
     /// Copies `src` to device address `dst`.
     ///

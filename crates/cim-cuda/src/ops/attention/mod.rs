@@ -10,7 +10,7 @@
 use cim_spec::backend::{Attention, AttentionArgs};
 
 use super::kernels::attention as k;
-use crate::device::{Device, LaunchDims};
+use crate::device::{DEFAULT_SHARED_BYTES, Device, LaunchDims};
 use crate::error::CudaError;
 use crate::{Cuda, DeviceView, DeviceViewMut, F32_BYTES};
 
@@ -21,12 +21,6 @@ const MAX_WARPS: usize = 8;
 /// Fewer staged tokens than this per chunk would leave lanes idle; a smaller block is
 /// preferred then.
 const MIN_CHUNK: usize = 32;
-/// Shared memory every CUDA device grants a block; a block this size leaves room for four
-/// per H100 SM.
-const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
-/// The most dynamic shared memory a block may opt into on sm_90 (only for sizes far beyond
-/// CIM's: the default limit fits 8 warps for up to ~200 keys of 64 channels).
-const MAX_SHARED_BYTES: usize = 227 * 1024;
 
 /// The address `elements` f32 values after `ptr`.
 fn offset(ptr: u64, elements: usize) -> u64 {
@@ -118,10 +112,13 @@ impl Plan {
     /// `rows` are shared out four per warp (tiles of at most 8 warps, balanced); `items`
     /// tokens go through shared memory `chunk` at a time; `floats(warps)` is the kernel's
     /// shared memory in floats: (fixed part, part per staged token). The smallest limit and
-    /// then the most warps that still stage `MIN_CHUNK` tokens (or all of them) win.
+    /// then the most warps that still stage `MIN_CHUNK` tokens (or all of them) win: the
+    /// default 48 KiB (a block that size leaves room for four per H100 SM, and fits 8 warps
+    /// for up to ~200 keys of 64 channels) before the device's opt-in `max_shared`.
     fn new(
         rows: usize,
         items: usize,
+        max_shared: usize,
         floats: impl Fn(usize) -> (usize, usize),
     ) -> Result<Self, CudaError> {
         let tiles = rows.div_ceil(ROWS_PER_WARP * MAX_WARPS).max(1);
@@ -130,7 +127,7 @@ impl Plan {
             .div_ceil(ROWS_PER_WARP)
             .clamp(1, MAX_WARPS);
         let min_chunk = items.clamp(1, MIN_CHUNK);
-        for limit in [DEFAULT_SHARED_BYTES, MAX_SHARED_BYTES] {
+        for limit in [DEFAULT_SHARED_BYTES, max_shared.max(DEFAULT_SHARED_BYTES)] {
             for warps in (1..=want).rev() {
                 let (fixed, per_item) = floats(warps);
                 let fit = (limit / 4).saturating_sub(fixed) / per_item;
@@ -145,8 +142,8 @@ impl Plan {
             }
         }
         Err(CudaError::invalid(format!(
-            "attention: {rows} x {items} tokens need more than the {MAX_SHARED_BYTES} bytes of \
-             shared memory a block may have"
+            "attention: {rows} x {items} tokens need more than the {max_shared} bytes of \
+             shared memory a block may have on this device"
         )))
     }
 
@@ -162,9 +159,9 @@ impl Plan {
 }
 
 /// The shared memory of a row pass (`kernels.cu`, `AttentionRowsArgs`).
-fn rows_plan(args: &AttentionArgs) -> Result<Plan, CudaError> {
+fn rows_plan(args: &AttentionArgs, max_shared: usize) -> Result<Plan, CudaError> {
     let (hd, nk) = (args.head_dim, args.kv_len);
-    Plan::new(args.q_len, nk, |warps| {
+    Plan::new(args.q_len, nk, max_shared, |warps| {
         (ROWS_PER_WARP * warps * (nk + hd), hd | 1)
     })
 }
@@ -180,7 +177,7 @@ fn forward<D: Device>(
         return Ok(());
     }
     let sizes = Sizes::new(args)?;
-    let plan = rows_plan(args)?;
+    let plan = rows_plan(args, backend.device.max_shared_bytes())?;
     let params = k::AttentionRowsArgs {
         y: out.ptr(),
         row_out: probs.ptr(),
@@ -218,7 +215,7 @@ fn backward<D: Device>(
     let sizes = Sizes::new(args)?;
     let dim = args.heads * args.head_dim;
     if args.q_len > 0 {
-        let plan = rows_plan(args)?;
+        let plan = rows_plan(args, backend.device.max_shared_bytes())?;
         let params = k::AttentionRowsArgs {
             y: grads.dq,
             row_out: scratch.ptr(),
@@ -245,12 +242,17 @@ fn backward<D: Device>(
     }
     // With no queries this writes dk = dv = 0, the empty sums.
     let hd = args.head_dim;
-    let plan = Plan::new(args.kv_len, args.q_len, |warps| {
-        (
-            2 * ROWS_PER_WARP * warps * hd,
-            2 * ROWS_PER_WARP * warps + 2 * (hd | 1),
-        )
-    })?;
+    let plan = Plan::new(
+        args.kv_len,
+        args.q_len,
+        backend.device.max_shared_bytes(),
+        |warps| {
+            (
+                2 * ROWS_PER_WARP * warps * hd,
+                2 * ROWS_PER_WARP * warps + 2 * (hd | 1),
+            )
+        },
+    )?;
     let params = k::AttentionKeysArgs {
         dk: grads.dk,
         dv: grads.dv,
@@ -380,15 +382,18 @@ mod tests {
         }
     }
 
+    /// sm_90's opt-in limit.
+    const H100: usize = 227 * 1024;
+
     #[test]
     fn plans_stage_what_fits_and_balance_the_tiles() {
         // ViT-B context: 4 tiles of 7 warps (28 rows) rather than 32 + 32 + 32 + 5, and
         // all 101 keys staged at once within the default limit.
-        let plan = rows_plan(&args(1, 101, 101, 12, 64)).unwrap();
+        let plan = rows_plan(&args(1, 101, 101, 12, 64), H100).unwrap();
         assert_eq!((plan.warps, plan.chunk), (7, 101));
         assert!(plan.shared_bytes <= DEFAULT_SHARED_BYTES);
         // 300 keys of 64 channels go through in chunks of 32.
-        let plan = rows_plan(&args(1, 300, 300, 1, 64)).unwrap();
+        let plan = rows_plan(&args(1, 300, 300, 1, 64), H100).unwrap();
         assert_eq!(plan.chunk, 32);
         assert!(plan.shared_bytes <= DEFAULT_SHARED_BYTES);
     }

@@ -24,8 +24,6 @@ use crate::{Cuda, DeviceViewMut};
 const THREADS: u32 = 256;
 /// Most blocks of the exemplar launch; its kernel loops over the exemplars beyond.
 const MAX_BLOCKS: usize = 1 << 16;
-/// Shared memory one block may use on sm_90, the most of any GPU so far.
-const MAX_SHARED_BYTES: usize = 227 * 1024;
 
 /// Dynamic shared memory of one exemplar block: the image and the blur's scratch plane
 /// (4 n^2 floats) and the weights of the batch's widest blur.
@@ -65,10 +63,11 @@ impl<D: Device> Cuda<D> {
         cfg.validate()
             .map_err(|e| CudaError::invalid(format!("pair renderer: {e}")))?;
         let n = cfg.exemplar_size;
-        if shared_bytes(n, 0) > MAX_SHARED_BYTES {
+        let max_shared = self.device.max_shared_bytes();
+        if shared_bytes(n, 0) > max_shared {
             return Err(CudaError::invalid(format!(
                 "pair renderer: exemplar_size = {n} needs {} bytes of shared memory per block, \
-                 over the {MAX_SHARED_BYTES} a GPU block may use",
+                 over the {max_shared} a block may use on this device",
                 shared_bytes(n, 0)
             )));
         }
@@ -159,13 +158,14 @@ impl<D: Device> PairRenderer<'_, D> {
             }
         }
         let shared = shared_bytes(n, widest_blur);
-        if shared > MAX_SHARED_BYTES {
+        let cuda = self.cuda;
+        let max_shared = cuda.device.max_shared_bytes();
+        if shared > max_shared {
             return Err(CudaError::invalid(format!(
                 "pair renderer: a blur of radius {widest_blur} with exemplar_size = {n} needs \
-                 {shared} bytes of shared memory per block, over {MAX_SHARED_BYTES}"
+                 {shared} bytes of shared memory per block, over the {max_shared} of this device"
             )));
         }
-        let cuda = self.cuda;
         let views_ptr = self.views.upload(&cuda.device, views)?;
         // Sides are at most 8192 (validated), K at most 1024.
         let (s32, m32, n32, k32) = (s as i32, m as i32, n as i32, per_view as i32);
