@@ -8,7 +8,9 @@
 #   2. `cim-cuda selftest` (the preflight alone), as JSON; the on-device pair renderer
 #      against cim-data's CPU renderer;
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
-#   4. the benchmark: our ViT-B/16 CIM step (f32, bf16 and TF32 GEMMs), and the same step in
+#   4. the benchmark: our ViT-B/16 CIM step (f32, bf16, bf16-fused and TF32 GEMMs: `bf16`
+#      converts each operand in a kernel of ours, `bf16-fused` leaves that to cuBLAS's
+#      FAST_16BF compute type; whichever is faster should become the default), and the same step in
 #      PyTorch on the same card,
 #      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
 #      torch.compile): images/s and MFU against the dense bf16 peak; our bench also profiles
@@ -85,6 +87,7 @@ conformance conformance_f32 f32
 conformance conformance_bf16 bf16
 bench_cim bench_cim f32 bench-cim.json
 bench_cim bench_cim_bf16 bf16 bench-cim-bf16.json
+bench_cim bench_cim_bf16_fused bf16-fused bench-cim-bf16-fused.json
 bench_cim bench_cim_tf32 tf32 bench-cim-tf32.json
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
     "$OUT/bench-cim.json" 2>/dev/null || echo 0)
@@ -102,6 +105,7 @@ part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
 ((dry_run)) || part render 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-render" gpu_renders_like_the_cpu
 # torch.compile takes a minute even for the micro model on a CPU: not in the dry run.
 ((dry_run)) || torch_bench compile bf16 200
+conformance conformance_bf16_fused bf16-fused
 conformance conformance_tf32 tf32
 
 python3 - "$OUT" "$(declare -p status)" <<'PY'
@@ -114,6 +118,7 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 summary["bench_cim"] = load("bench-cim.json")
 summary["bench_cim_bf16"] = load("bench-cim-bf16.json")
+summary["bench_cim_bf16_fused"] = load("bench-cim-bf16-fused.json")
 summary["bench_cim_tf32"] = load("bench-cim-tf32.json")
 for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
     log = os.path.join(out, name + ".log")
@@ -127,7 +132,7 @@ if os.path.exists(metrics):
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         summary["pretrain"] = {"steps": len(losses), "loss_first_fifth": first,
                                "loss_last_fifth": last, "loss_fell": last < first}
-for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_tf32"):
+for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_bf16_fused", "bench_cim_tf32"):
     cim = summary[ours] or {}
     for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
         t = summary[name]

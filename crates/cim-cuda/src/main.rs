@@ -4,7 +4,8 @@
 //! The GPU is `CIM_CUDA_DEVICE`, else `LOCAL_RANK` (as torchrun sets it), else 0. GEMMs
 //! run in f32 unless `CIM_CUDA_GEMM=tf32` (tensor cores, TF32 inputs, f32 accumulation) or
 //! `CIM_CUDA_GEMM=bf16` (bf16 mixed precision: tensor cores, bf16 inputs, f32
-//! accumulation; everything else f32).
+//! accumulation; everything else f32) or `CIM_CUDA_GEMM=bf16-fused` (the same, rounded
+//! inside cuBLAS's GEMM instead of by a conversion kernel).
 //! `CIM_CUDA_EMULATE=1` runs everything on the host emulator instead: slow, but it runs
 //! the very kernel sources on a machine without a GPU.
 //!

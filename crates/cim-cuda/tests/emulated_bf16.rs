@@ -4,7 +4,9 @@
 //! rounding itself: bit for bit against the `half` crate (round to nearest, ties to even,
 //! infinities, NaN, subnormals) on both operands, read back through products with 1, and
 //! a batched, transposed, broadcast, offset GEMM against the exact product of the rounded
-//! operands.
+//! operands. Both bf16 modes pass the rounding tests: `Bf16` (the backend's conversion
+//! kernel) and `Bf16Fused` (f32 operands rounded inside the GEMM, as cuBLAS's FAST_16BF),
+//! so on the emulator the two give the same bits and the suite covers both.
 
 use cim_cuda::{Cuda, DeviceBuffer, Emulator, GemmMath};
 use cim_spec::backend::{GemmArgs, Memory, Role};
@@ -82,40 +84,53 @@ fn assert_rounded(inputs: &[f32], got: &[f32], operand: &str) {
     }
 }
 
+/// The two ways of multiplying in bf16.
+const BF16_MODES: [GemmMath; 2] = [GemmMath::Bf16, GemmMath::Bf16Fused];
+
 #[test]
 fn gemm_operands_are_rounded_to_bf16_like_half() {
-    let b = Cuda::emulated_with(GemmMath::Bf16);
+    for mode in BF16_MODES {
+        operands_are_rounded_to_bf16_like_half(&Cuda::emulated_with(mode));
+    }
+}
+
+fn operands_are_rounded_to_bf16_like_half(b: &Cuda<Emulator>) {
     let inputs = rounding_inputs();
     let len = inputs.len();
-    let x = upload(&b, &inputs);
-    let one = upload(&b, &[1.0]);
-    let mut c = upload(&b, &vec![f32::NAN; len]);
+    let x = upload(b, &inputs);
+    let one = upload(b, &[1.0]);
+    let mut c = upload(b, &vec![f32::NAN; len]);
     // A [len, 1] times B [1, 1] = 1: C is A as the multiplier saw it (a product with 1 is
     // exact, and no sum can round it).
     ops::gemm(
-        &b,
+        b,
         b.view_mut(&mut c, 0..len),
         b.view(&x, 0..len),
         b.view(&one, 0..1),
         &GemmArgs::single(len, 1, 1, false, false),
     )
     .unwrap();
-    assert_rounded(&inputs, &download(&b, &c), "A");
+    assert_rounded(&inputs, &download(b, &c), "A");
     // A [1, 1] = 1 times B [1, len]: the same for B.
     ops::gemm(
-        &b,
+        b,
         b.view_mut(&mut c, 0..len),
         b.view(&one, 0..1),
         b.view(&x, 0..len),
         &GemmArgs::single(1, len, 1, false, false),
     )
     .unwrap();
-    assert_rounded(&inputs, &download(&b, &c), "B");
+    assert_rounded(&inputs, &download(b, &c), "B");
 }
 
 #[test]
 fn batched_transposed_broadcast_gemm_multiplies_the_rounded_operands() {
-    let b = Cuda::emulated_with(GemmMath::Bf16);
+    for mode in BF16_MODES {
+        multiplies_the_rounded_operands(&Cuda::emulated_with(mode));
+    }
+}
+
+fn multiplies_the_rounded_operands(b: &Cuda<Emulator>) {
     let (batch, m, n, k) = (3, 5, 4, 7);
     // Values with more mantissa than bf16 keeps, so rounding shows in every product.
     let values = |len: usize, seed: usize| -> Vec<f32> {
@@ -129,8 +144,8 @@ fn batched_transposed_broadcast_gemm_multiplies_the_rounded_operands() {
     let a_host = values(1 + k * m, 1);
     let b_host = values(2 + batch * n * k, 2);
     let c_host = values(batch * m * n, 3);
-    let (a_dev, b_dev) = (upload(&b, &a_host), upload(&b, &b_host));
-    let mut c_dev = upload(&b, &c_host);
+    let (a_dev, b_dev) = (upload(b, &a_host), upload(b, &b_host));
+    let mut c_dev = upload(b, &c_host);
     let args = GemmArgs {
         batch,
         m,
@@ -145,14 +160,14 @@ fn batched_transposed_broadcast_gemm_multiplies_the_rounded_operands() {
         stride_c: m * n,
     };
     ops::gemm(
-        &b,
+        b,
         b.view_mut(&mut c_dev, 0..batch * m * n),
         b.view(&a_dev, 1..1 + k * m),
         b.view(&b_dev, 2..2 + batch * n * k),
         &args,
     )
     .unwrap();
-    let got = download(&b, &c_dev);
+    let got = download(b, &c_dev);
     let mut worst_unrounded = 0.0f64;
     for l in 0..batch {
         for i in 0..m {

@@ -1,6 +1,6 @@
-//! The whole conformance suite on a real GPU, with f32 GEMMs or, with `CIM_CUDA_GEMM=tf32`
-//! or `CIM_CUDA_GEMM=bf16`, TF32 or bf16-input tensor-core GEMMs (both under the bf16
-//! tolerance column; `scripts/gpu-check.sh` runs all three). Without a GPU (no driver, no
+//! The whole conformance suite on a real GPU, with f32 GEMMs or, with `CIM_CUDA_GEMM=tf32`,
+//! `bf16` or `bf16-fused`, TF32 or bf16-input tensor-core GEMMs (all under the bf16
+//! tolerance column; `scripts/gpu-check.sh` runs all four). Without a GPU (no driver, no
 //! device, no CUDA 13 libraries) every test prints why and passes, unless
 //! `CIM_REQUIRE_GPU=1`, which makes the absence a failure (set on the GPU test machine).
 

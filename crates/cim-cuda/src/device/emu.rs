@@ -44,6 +44,16 @@ fn round_to_tf32(x: f32) -> f32 {
 /// Host memory in 16-byte units (the alignment of float4 loads in kernels).
 pub struct HostAlloc(Box<[u128]>);
 
+/// `x` rounded to bf16 (to nearest, ties to even), as an f32: what `kernels.cu`'s
+/// `to_bf16` stores, and the model of cuBLAS's `FAST_16BF` down-conversion. NaN stays NaN.
+fn round_to_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
 impl Device for Emulator {
     type Alloc = HostAlloc;
 
@@ -68,6 +78,7 @@ impl Device for Emulator {
             GemmMath::F32 => "cuda-emulated",
             GemmMath::Tf32 => "cuda-emulated-tf32",
             GemmMath::Bf16 => "cuda-emulated-bf16",
+            GemmMath::Bf16Fused => "cuda-emulated-bf16-fused",
         }
     }
 
@@ -139,6 +150,7 @@ impl Device for Emulator {
         let c = g.c as *mut f32;
         let f32_input = match self.gemm {
             GemmMath::Tf32 => round_to_tf32,
+            GemmMath::Bf16Fused => round_to_bf16,
             GemmMath::F32 | GemmMath::Bf16 => |x: f32| x,
         };
         // Element `index` of the operand at `base`, as the multiplier sees it.

@@ -105,7 +105,7 @@ impl Gpu {
             GemmMath::Tf32 => cublas::sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
             // Bf16 inputs with f32 compute take tensor cores in the default mode; the
             // backend never hands this mode f32 inputs.
-            GemmMath::Bf16 => cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
+            GemmMath::Bf16 | GemmMath::Bf16Fused => cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH,
         };
         // SAFETY: a valid handle and a math mode of the enum.
         let status = unsafe { cublas::sys::cublasSetMathMode(blas, math) };
@@ -128,6 +128,7 @@ impl Gpu {
                     GemmMath::F32 => "",
                     GemmMath::Tf32 => ", tf32",
                     GemmMath::Bf16 => ", bf16",
+                    GemmMath::Bf16Fused => ", bf16-fused",
                 }
             ),
             modules: Mutex::new(HashMap::new()),
@@ -303,10 +304,24 @@ impl Device for Gpu {
         let batch = to_i32(g.batch, "batch")?;
         let (stride_a, stride_b, stride_c) =
             (g.stride_a as i64, g.stride_b as i64, g.stride_c as i64);
-        match g.input {
+        // Plain f32 products (or TF32 by the handle's math mode) are SGEMM; bf16 products
+        // are GemmEx with f32 accumulation, on operands the backend rounded to bf16 or on
+        // f32 operands cuBLAS rounds itself (FAST_16BF).
+        let ex = match (g.input, self.gemm) {
+            (GemmInput::Bf16, _) => Some((
+                cudaDataType::CUDA_R_16BF,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            )),
+            (GemmInput::F32, GemmMath::Bf16Fused) => Some((
+                cudaDataType::CUDA_R_32F,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+            )),
+            (GemmInput::F32, _) => None,
+        };
+        let Some((input_type, compute)) = ex else {
             // SAFETY: the caller guarantees every matrix; alpha and beta are host scalars
             // (the handle's default pointer mode).
-            GemmInput::F32 => unsafe {
+            return unsafe {
                 cublas::result::sgemm_strided_batched(
                     self.blas,
                     op(g.trans_a),
@@ -328,38 +343,42 @@ impl Device for Gpu {
                     batch,
                 )
             }
-            .map_err(|e| CudaError::launch(format!("cublasSgemmStridedBatched {g:?}: {e}"))),
-            // SAFETY: as above, with A and B holding bf16 elements; with
-            // CUBLAS_COMPUTE_32F, alpha and beta are f32.
-            GemmInput::Bf16 => unsafe {
-                cublas::result::gemm_strided_batched_ex(
-                    self.blas,
-                    op(g.trans_a),
-                    op(g.trans_b),
-                    m,
-                    n,
-                    k,
-                    (&g.alpha as *const f32).cast(),
-                    g.a as *const core::ffi::c_void,
-                    cudaDataType::CUDA_R_16BF,
-                    lda,
-                    stride_a,
-                    g.b as *const core::ffi::c_void,
-                    cudaDataType::CUDA_R_16BF,
-                    ldb,
-                    stride_b,
-                    (&g.beta as *const f32).cast(),
-                    g.c as *mut core::ffi::c_void,
-                    cudaDataType::CUDA_R_32F,
-                    ldc,
-                    stride_c,
-                    batch,
-                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-                )
-            }
-            .map_err(|e| CudaError::launch(format!("cublasGemmStridedBatchedEx {g:?}: {e}"))),
+            .map_err(|e| CudaError::launch(format!("cublasSgemmStridedBatched {g:?}: {e}")));
+        };
+        // SAFETY: as above, with A and B holding `input_type` elements; with an f32 compute
+        // type, alpha and beta are f32.
+        unsafe {
+            cublas::result::gemm_strided_batched_ex(
+                self.blas,
+                op(g.trans_a),
+                op(g.trans_b),
+                m,
+                n,
+                k,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const core::ffi::c_void,
+                input_type,
+                lda,
+                stride_a,
+                g.b as *const core::ffi::c_void,
+                input_type,
+                ldb,
+                stride_b,
+                (&g.beta as *const f32).cast(),
+                g.c as *mut core::ffi::c_void,
+                cudaDataType::CUDA_R_32F,
+                ldc,
+                stride_c,
+                batch,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
         }
+        .map_err(|e| {
+            CudaError::launch(format!(
+                "cublasGemmStridedBatchedEx ({compute:?}) {g:?}: {e}"
+            ))
+        })
     }
 
     fn synchronize(&self) -> Result<(), CudaError> {

@@ -26,18 +26,26 @@ pub enum GemmMath {
     /// cores with f32 accumulation and f32 output. Every other op, the optimizer's master
     /// weights and the EMA target stay f32.
     Bf16,
+    /// The same products as [`GemmMath::Bf16`] without the backend's conversion pass: f32
+    /// operands go to cuBLAS with `CUBLAS_COMPUTE_32F_FAST_16BF`, which rounds them to bf16
+    /// inside the GEMM. Saves writing and re-reading both operands per GEMM (for the
+    /// weight gradients of ViT-B about as many bytes as the product's own time at HBM
+    /// speed); whether cuBLAS's fused kernels are as fast as its native bf16 ones is for
+    /// the H100 bench to say. The emulator rounds exactly as for `Bf16`.
+    Bf16Fused,
 }
 
 impl GemmMath {
-    /// From `CIM_CUDA_GEMM` (`f32`, the default, `tf32` or `bf16`); a message naming the
-    /// bad value.
+    /// From `CIM_CUDA_GEMM` (`f32`, the default, `tf32`, `bf16` or `bf16-fused`); a
+    /// message naming the bad value.
     pub fn from_env() -> Result<Self, CudaError> {
         match std::env::var("CIM_CUDA_GEMM").as_deref() {
             Err(_) | Ok("f32") => Ok(GemmMath::F32),
             Ok("tf32") => Ok(GemmMath::Tf32),
             Ok("bf16") => Ok(GemmMath::Bf16),
+            Ok("bf16-fused") => Ok(GemmMath::Bf16Fused),
             Ok(other) => Err(CudaError::invalid(format!(
-                "CIM_CUDA_GEMM={other:?}: expected f32, tf32 or bf16"
+                "CIM_CUDA_GEMM={other:?}: expected f32, tf32, bf16 or bf16-fused"
             ))),
         }
     }
@@ -47,7 +55,7 @@ impl GemmMath {
         match self {
             GemmMath::F32 => Precision::F32,
             GemmMath::Tf32 => Precision::Tf32,
-            GemmMath::Bf16 => Precision::Bf16Mixed,
+            GemmMath::Bf16 | GemmMath::Bf16Fused => Precision::Bf16Mixed,
         }
     }
 }
@@ -55,7 +63,8 @@ impl GemmMath {
 /// The element type of a GEMM's A and B in device memory (C is always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmInput {
-    /// f32, multiplied as the device's [`GemmMath`] says (f32, or rounded to TF32).
+    /// f32, multiplied as the device's [`GemmMath`] says (f32, or rounded to TF32 or to
+    /// bf16 inside the GEMM).
     F32,
     /// bf16 bit patterns (`u16`), already rounded by the backend: the products are exact
     /// in f32 and accumulate in f32.
