@@ -7,10 +7,17 @@
 //! accumulation; everything else f32).
 //! `CIM_CUDA_EMULATE=1` runs everything on the host emulator instead: slow, but it runs
 //! the very kernel sources on a machine without a GPU.
+//!
+//! A data-parallel `pretrain` (launched like torchrun: WORLD_SIZE > 1, one process per
+//! GPU) sums the gradients with NCCL, which must be on the library path as `libnccl.so`;
+//! on the emulator, over TCP as `cim-cpu` does.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use cim_cuda::{Cuda, GemmMath};
+use cim_cuda::{Cuda, GemmMath, Gpu, NcclCollective};
 use cim_train::cli::{BinaryDefaults, main as cli_main};
+use cim_train::distributed::{Collective, World};
 
 fn device_ordinal() -> Result<usize> {
     for var in ["CIM_CUDA_DEVICE", "LOCAL_RANK"] {
@@ -24,12 +31,33 @@ fn device_ordinal() -> Result<usize> {
     Ok(0)
 }
 
+fn nccl_connect(
+    b: &Cuda<Gpu>,
+    world: &World,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Collective<Cuda<Gpu>>>> {
+    Ok(Box::new(NcclCollective::connect(
+        b,
+        world,
+        fingerprint,
+        timeout,
+    )?))
+}
+
 fn main() -> Result<()> {
-    let defaults = BinaryDefaults { preflight: true };
     let gemm = GemmMath::from_env().map_err(|e| anyhow!("cim-cuda: {e}"))?;
     if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
+        let defaults = BinaryDefaults {
+            preflight: true,
+            ..Default::default()
+        };
         return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults);
     }
+    let defaults = BinaryDefaults {
+        preflight: true,
+        connect: nccl_connect,
+    };
     cli_main(
         || {
             let ordinal = device_ordinal()?;

@@ -254,12 +254,44 @@ impl From<Encoder> for EncoderChoice {
     }
 }
 
+/// How `pretrain` meets the other ranks of a data-parallel run (WORLD_SIZE > 1): given the
+/// backend, this process's world, the run's fingerprint (recipe and build; the function
+/// adds what must match of the backend) and the timeout of every exchange.
+pub type Connect<B> = fn(&B, &World, &str, Duration) -> Result<Box<dyn Collective<B>>>;
+
+/// The CPU collective ([`TcpCollective`]): works with every backend, through the host.
+pub fn tcp_connect<B: Backend>(
+    backend: &B,
+    world: &World,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Collective<B>>> {
+    let fingerprint = format!("{fingerprint}, backend {}", backend.name());
+    Ok(Box::new(TcpCollective::connect(
+        world,
+        &fingerprint,
+        timeout,
+    )?))
+}
+
 /// What differs between the binaries besides the backend.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BinaryDefaults {
+#[derive(Clone, Copy, Debug)]
+pub struct BinaryDefaults<B> {
     /// Whether `pretrain --preflight auto` runs the preflight (on for GPU backends, whose
     /// kernels and libraries vary with the card and driver).
     pub preflight: bool,
+    /// The collective of a data-parallel `pretrain` ([`tcp_connect`] unless the backend
+    /// has its own, such as NCCL on GPUs).
+    pub connect: Connect<B>,
+}
+
+impl<B: Backend> Default for BinaryDefaults<B> {
+    fn default() -> Self {
+        BinaryDefaults {
+            preflight: false,
+            connect: tcp_connect::<B>,
+        }
+    }
 }
 
 /// Parses the process arguments, builds the backend with `make_backend` (so `--help`
@@ -268,7 +300,7 @@ pub struct BinaryDefaults {
 /// signal exits at once.
 pub fn main<B: Backend>(
     make_backend: impl FnOnce() -> Result<B>,
-    defaults: BinaryDefaults,
+    defaults: BinaryDefaults<B>,
 ) -> Result<()> {
     let cli = Cli::parse();
     let installed = ctrlc::set_handler(|| {
@@ -291,7 +323,7 @@ pub fn run<B: Backend>(backend: &B, cli: Cli) -> Result<()> {
 }
 
 /// Runs a parsed command line on `backend` as the binary with `defaults` would.
-pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Result<()> {
+pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) -> Result<()> {
     match cli.command {
         Command::StepDump {
             model,
@@ -425,13 +457,12 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults) -> Re
                 1 => Box::new(SingleProcess),
                 _ => {
                     let fingerprint = format!(
-                        "recipe {}, backend {}, cim-train {}",
+                        "recipe {}, cim-train {}",
                         recipe.hash(),
-                        backend.name(),
                         env!("CARGO_PKG_VERSION")
                     );
                     let timeout = Duration::from_secs(dist_timeout);
-                    Box::new(TcpCollective::connect(&world, &fingerprint, timeout)?)
+                    (defaults.connect)(backend, &world, &fingerprint, timeout)?
                 }
             };
             let opts = TrainOptions {
