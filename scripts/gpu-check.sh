@@ -6,7 +6,8 @@
 #      mixed-precision GEMMs and with TF32 tensor-core GEMMs (both under the bf16 tolerance
 #      column), CIM_REQUIRE_GPU=1;
 #   2. `cim-cuda selftest` (the preflight alone), as JSON; the on-device pair renderer
-#      against cim-data's CPU renderer;
+#      against cim-data's CPU renderer; a one-rank NCCL communicator summing gradient
+#      buckets during the backward (status skipped_no_libnccl where libnccl is missing);
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
 #   4. the benchmark: our ViT-B/16 CIM step (f32, bf16, bf16-fused and TF32 GEMMs: `bf16`
 #      converts each operand in a kernel of ours, `bf16-fused` leaves that to cuBLAS's
@@ -103,6 +104,15 @@ part pretrain 120 "${cim[@]}" pretrain --recipe "$recipe" --data data/photos --o
     --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
 part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
 ((dry_run)) || part render 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-render" gpu_renders_like_the_cpu
+# One GPU allows one NCCL rank only (NCCL refuses two on a card): the communicator's
+# plumbing, not a multi-GPU run.
+if ((!dry_run)); then
+    part nccl 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-nccl" --nocapture
+    if [[ "${status[nccl]}" == 0 ]] && grep -q "^skipped: libnccl" "$OUT/nccl.log"; then
+        status[nccl]=skipped_no_libnccl
+        echo "   nccl: skipped, libnccl.so is not on LD_LIBRARY_PATH (see $OUT/nccl.log)" >&2
+    fi
+fi
 # torch.compile takes a minute even for the micro model on a CPU: not in the dry run.
 ((dry_run)) || torch_bench compile bf16 200
 conformance conformance_bf16_fused bf16-fused

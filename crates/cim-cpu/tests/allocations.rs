@@ -4,7 +4,8 @@
 //! any thread (the caller and the pool's workers alike) while a step runs. Each model
 //! takes a few warm-up steps (scratch buffers grow to their final sizes there), then
 //! several more steps, as the trainer runs them (upload, zero, forward/backward per
-//! micro-batch, loss download, gradient norm, clipping, AdamW and EMA), must count zero.
+//! micro-batch reporting finished gradients, loss download, gradient norm, clipping,
+//! AdamW and EMA), must count zero.
 //! The configurations cover the micro model and a small ViT-like one with several heads,
 //! K > 1 exemplars, accumulation, GEMMs large enough to be split over the pool, the
 //! conv correlation with the deconvolution predictor, and a loss other than the default.
@@ -120,7 +121,12 @@ fn check(cpu: &Cpu, name: &str, config: ModelConfig, batch: usize, accum: usize)
         for _ in 0..accum {
             data.upload(cpu, &host.context, &host.exemplars, &host.maps)
                 .unwrap();
-            model.forward_backward(cpu, &data, accum).unwrap();
+            // The trainer's variant (plain forward_backward reports to a no-op).
+            let mut reported = 0;
+            model
+                .forward_backward_reporting(cpu, &data, accum, &mut |_, _| reported += 1)
+                .unwrap();
+            assert!(reported > 0);
             cpu.download(cpu.view(model.loss(), 0..1), &mut loss)
                 .unwrap();
         }

@@ -11,7 +11,8 @@
 //! declaration.
 //!
 //! Beside the ops, [`PairRenderer`] is the on-device data path: it renders exemplar-context
-//! pairs (S2) from uploaded 8-bit search views straight into the model's input buffers.
+//! pairs (S2) from uploaded 8-bit search views straight into the model's input buffers,
+//! and [`NcclCollective`] sums gradients across GPUs for data-parallel training.
 //!
 //! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]), with TF32 inputs on tensor
 //! cores ([`Precision::Tf32`]) or with bf16 inputs on tensor cores and f32 accumulation
@@ -25,12 +26,14 @@ use cim_spec::backend::{Backend, Memory, Precision, Role};
 
 mod device;
 mod error;
+pub mod nccl;
 mod ops;
 
 pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
 pub use device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
 pub use error::CudaError;
+pub use nccl::{NcclCollective, nccl_unavailable_reason};
 pub use ops::render::{PairOutputs, PairRenderer};
 pub use ops::{compile_module, kernel_sources, nvrtc_unavailable_reason};
 

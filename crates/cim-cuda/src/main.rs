@@ -13,14 +13,21 @@
 //! workers only decode images and cut 8-bit search views, and [`PairRenderer`] writes the
 //! contexts, exemplars and maps into the model's input buffers (`--render host` renders
 //! them on the CPU instead).
+//!
+//! A data-parallel `pretrain` (launched like torchrun: WORLD_SIZE > 1, one process per
+//! GPU) sums the gradients with NCCL, which must be on the library path as `libnccl.so`;
+//! on the emulator, over TCP as `cim-cpu` does.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use cim_cuda::{Cuda, Device, GemmMath, PairOutputs, PairRenderer};
+use cim_cuda::{Cuda, Device, GemmMath, Gpu, NcclCollective, PairOutputs, PairRenderer};
 use cim_data::{PairConfig, ViewBatch};
 use cim_model::Batch;
 use cim_spec::backend::Memory;
 use cim_train::cli::{BinaryDefaults, main as cli_main};
 use cim_train::data::DeviceRenderer;
+use cim_train::distributed::{Collective, World};
 
 /// The backend's pair renderer as the trainer's [`DeviceRenderer`].
 struct OnDevice<'a, D: Device>(PairRenderer<'a, D>);
@@ -72,12 +79,28 @@ fn device_ordinal() -> Result<usize> {
     Ok(0)
 }
 
-/// The preflight on by default, pairs rendered on the device.
+/// The preflight on by default, pairs rendered on the device; data-parallel runs over TCP
+/// unless `connect` says otherwise.
 fn defaults<D: Device>() -> BinaryDefaults<Cuda<D>> {
     BinaryDefaults {
         preflight: true,
         renderer: Some(renderer),
+        ..Default::default()
     }
+}
+
+fn nccl_connect(
+    b: &Cuda<Gpu>,
+    world: &World,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Collective<Cuda<Gpu>>>> {
+    Ok(Box::new(NcclCollective::connect(
+        b,
+        world,
+        fingerprint,
+        timeout,
+    )?))
 }
 
 fn main() -> Result<()> {
@@ -85,11 +108,15 @@ fn main() -> Result<()> {
     if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
         return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults());
     }
+    let defaults = BinaryDefaults {
+        connect: nccl_connect,
+        ..defaults()
+    };
     cli_main(
         || {
             let ordinal = device_ordinal()?;
             Cuda::gpu_with(ordinal, gemm).map_err(|e| anyhow!("cim-cuda: {e}"))
         },
-        defaults(),
+        defaults,
     )
 }

@@ -15,7 +15,7 @@ use cim_spec::ops;
 
 use crate::block::{self, BlockActs, BlockDims, BlockScratch, Mixer, Weights};
 use crate::layout::DecoderParams;
-use crate::nn::{LN_EPS, Linear, Res, all, all_mut, pair_mut};
+use crate::nn::{LN_EPS, Linear, Ready, Res, all, all_mut, pair_mut, report};
 
 /// Sizes of the decoder for one micro-batch.
 #[derive(Clone, Copy, Debug)]
@@ -311,8 +311,9 @@ impl<B: Backend> DecoderActs<B> {
         Ok(())
     }
 
-    /// Backward of the loss and the decoder: parameter gradients accumulate into `grads`,
-    /// the gradient of `hz` is written into `g.dhz`.
+    /// Backward of the loss and the decoder: parameter gradients accumulate into `grads`
+    /// (each tensor's range goes to `ready` once no later op writes it), the gradient of
+    /// `hz` is written into `g.dhz`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         &self,
@@ -325,6 +326,7 @@ impl<B: Backend> DecoderActs<B> {
         maps: B::View<'_>,
         loss_args: &MapLossArgs,
         g: &mut DecoderGrads<B>,
+        ready: &mut Ready<'_, B>,
     ) -> Res<B> {
         let d = self.dims;
         let (width, nc) = (d.width(), d.ctx_tokens());
@@ -364,6 +366,7 @@ impl<B: Backend> DecoderActs<B> {
                 )?;
             }
         }
+        report::<B>(ready, grads, p.predictor());
         // Final LayerNorm and the cross blocks.
         b.fill(all_mut(b, &mut g.dres), 0.0)?;
         let last = &self.blocks[self.blocks.len() - 1].out;
@@ -381,6 +384,7 @@ impl<B: Backend> DecoderActs<B> {
             d.maps() * nc,
             width,
         )?;
+        report::<B>(ready, grads, p.norm());
         b.fill(all_mut(b, &mut g.dt), 0.0)?;
         for l in (0..self.blocks.len()).rev() {
             let x = if l == 0 {
@@ -401,6 +405,7 @@ impl<B: Backend> DecoderActs<B> {
                 &mut g.scratch,
                 &d.block,
             )?;
+            report::<B>(ready, grads, p.blocks[l].ranges());
         }
         // The shared embedding E, from both streams.
         ops::repeat_backward(
@@ -422,6 +427,7 @@ impl<B: Backend> DecoderActs<B> {
             ..embed
         };
         embed_t.backward_params(b, grads, &p.embed_w, &p.embed_b, all(b, &g.dt), hz)?;
+        report::<B>(ready, grads, p.embed());
         embed_t.backward_input(
             b,
             all_mut(b, &mut g.dhz),

@@ -10,7 +10,7 @@ use cim_spec::ops;
 
 use crate::block::{self, BlockActs, BlockDims, BlockScratch, Mixer, Weights};
 use crate::layout::EncoderParams;
-use crate::nn::{LN_EPS, Linear, Res, all, all_mut};
+use crate::nn::{LN_EPS, Linear, Ready, Res, all, all_mut, report};
 
 /// One encoder stream: its sizes and the activations its backward needs.
 pub(crate) struct EncoderStream<B: Backend> {
@@ -154,7 +154,7 @@ impl<B: Backend> EncoderStream<B> {
 
     /// Backward from `dhidden`, the gradient of `hidden`; parameter gradients (including
     /// the class token's, and the patch embedding's when `train_patch_embed`) accumulate
-    /// into `grads`.
+    /// into `grads`, each tensor's range going to `ready` once no later op writes it.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         &self,
@@ -166,6 +166,7 @@ impl<B: Backend> EncoderStream<B> {
         grads: &mut B::Buffer,
         dhidden: &B::Buffer,
         g: &mut EncoderGrads<B>,
+        ready: &mut Ready<'_, B>,
     ) -> Res<B> {
         let d = self.dims;
         b.fill(all_mut(b, &mut g.dres), 0.0)?;
@@ -184,6 +185,7 @@ impl<B: Backend> EncoderStream<B> {
             d.batch * d.tokens,
             d.dim,
         )?;
+        report::<B>(ready, grads, p.norm());
         for l in (0..self.blocks.len()).rev() {
             let x = if l == 0 {
                 all(b, &self.x0)
@@ -202,6 +204,7 @@ impl<B: Backend> EncoderStream<B> {
                 &mut g.scratch,
                 &d,
             )?;
+            report::<B>(ready, grads, p.blocks[l].ranges());
         }
         let tokens = self.grid * self.grid;
         let dpatches = if train_patch_embed {
@@ -218,6 +221,7 @@ impl<B: Backend> EncoderStream<B> {
             tokens,
             d.dim,
         )?;
+        report::<B>(ready, grads, [cls]);
         if train_patch_embed {
             self.patch_linear().backward_params(
                 b,
@@ -227,6 +231,7 @@ impl<B: Backend> EncoderStream<B> {
                 all(b, &g.dembed),
                 all(b, &self.patches),
             )?;
+            report::<B>(ready, grads, p.patch());
         }
         Ok(())
     }

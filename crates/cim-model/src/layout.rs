@@ -61,6 +61,29 @@ pub struct BlockParams {
     pub fc2_b: Range<usize>,
 }
 
+impl BlockParams {
+    /// Every tensor range of the block, in field order (the absent projections of the
+    /// encoder and of the conv correlation are empty ranges).
+    pub fn ranges(&self) -> [&Range<usize>; 14] {
+        [
+            &self.norm1_w,
+            &self.norm1_b,
+            &self.q_w,
+            &self.q_b,
+            &self.kv_w,
+            &self.kv_b,
+            &self.proj_w,
+            &self.proj_b,
+            &self.norm2_w,
+            &self.norm2_b,
+            &self.fc1_w,
+            &self.fc1_b,
+            &self.fc2_w,
+            &self.fc2_b,
+        ]
+    }
+}
+
 /// Ranges of the encoder's tensors.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]
@@ -83,6 +106,35 @@ pub struct DecoderParams {
     pub norm_b: Range<usize>,
     pub pred_w: Range<usize>,
     pub pred_b: Range<usize>,
+}
+
+impl EncoderParams {
+    /// The patch embedding's weight and bias.
+    pub fn patch(&self) -> [&Range<usize>; 2] {
+        [&self.patch_w, &self.patch_b]
+    }
+
+    /// The final LayerNorm's weight and bias.
+    pub fn norm(&self) -> [&Range<usize>; 2] {
+        [&self.norm_w, &self.norm_b]
+    }
+}
+
+impl DecoderParams {
+    /// The shared embedding E's weight and bias.
+    pub fn embed(&self) -> [&Range<usize>; 2] {
+        [&self.embed_w, &self.embed_b]
+    }
+
+    /// The predictor's weight and bias.
+    pub fn predictor(&self) -> [&Range<usize>; 2] {
+        [&self.pred_w, &self.pred_b]
+    }
+
+    /// The final LayerNorm's weight and bias.
+    pub fn norm(&self) -> [&Range<usize>; 2] {
+        [&self.norm_w, &self.norm_b]
+    }
 }
 
 /// The whole parameter layout.
@@ -385,6 +437,33 @@ impl ParamLayout {
             ema: enc_nd.start..enc_de.end,
             total: off,
         }
+    }
+
+    /// The trainable tensors' ranges in the order the backward pass finishes their
+    /// gradients, which is the order [`crate::Cim::forward_backward_reporting`] reports
+    /// them in: the decoder's predictor and final norm, its blocks from last to first and
+    /// its embedding, then the encoder's final norm, its blocks from last to first, the
+    /// class token and the patch embedding (S3: absent when frozen). A data-parallel
+    /// trainer groups its all-reduce buckets in this order (as PyTorch DDP does), so the
+    /// first bucket can be summed while the backward is still in the encoder.
+    pub fn completion_order(&self) -> Vec<Range<usize>> {
+        let (d, e) = (&self.decoder, &self.encoder);
+        let mut order: Vec<&Range<usize>> = d.predictor().to_vec();
+        order.extend(d.norm());
+        order.extend(d.blocks.iter().rev().flat_map(BlockParams::ranges));
+        order.extend(d.embed());
+        order.extend(e.norm());
+        order.extend(e.blocks.iter().rev().flat_map(BlockParams::ranges));
+        order.push(&self.cls);
+        order.extend(e.patch());
+        order
+            .into_iter()
+            .filter(|r| {
+                let spec = self.tensors.iter().find(|t| t.range == **r);
+                !r.is_empty() && spec.is_some_and(|t| t.trainable)
+            })
+            .cloned()
+            .collect()
     }
 
     /// The tensor called `name`, if any.

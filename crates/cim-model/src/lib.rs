@@ -20,6 +20,7 @@ mod nn;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 
 use cim_spec::backend::{AdamWArgs, Backend, MapLossArgs, Role};
 use cim_spec::config::{ConfigError, ModelConfig};
@@ -311,6 +312,27 @@ impl<B: Backend> Cim<B> {
         batch: &Batch<B>,
         accum: usize,
     ) -> Result<(), B::Error> {
+        self.forward_backward_reporting(b, batch, accum, &mut |_, _| {})
+    }
+
+    /// [`Cim::forward_backward`], telling `ready` as the backward goes which gradients are
+    /// done: it is called once per trainable tensor, with the gradient buffer and the
+    /// tensor's range in it, as soon as no later op of this backward writes that range,
+    /// in the order of [`ParamLayout::completion_order`] (frozen tensors are never
+    /// reported). The values in the range are then those the whole call leaves, so on
+    /// the last micro-batch of an accumulation group they are the group's gradients
+    /// (earlier micro-batches report the same ranges, whose values later micro-batches
+    /// still add to). `ready` may start work on the range (an all-reduce) that the
+    /// backend orders before any later write; it must not write elsewhere in the buffer.
+    /// Ops are queued as in [`Cim::forward_backward`], so a backend may not have
+    /// finished the range when it is reported: `ready` sees it through the backend.
+    pub fn forward_backward_reporting(
+        &mut self,
+        b: &B,
+        batch: &Batch<B>,
+        accum: usize,
+        ready: &mut dyn FnMut(&mut B::Buffer, Range<usize>),
+    ) -> Result<(), B::Error> {
         self.forward_inner(b, batch, accum)?;
         let l = &self.layout;
         let w = Weights {
@@ -328,6 +350,7 @@ impl<B: Backend> Cim<B> {
             all(b, &batch.maps),
             &args,
             &mut self.decoder_grads,
+            ready,
         )?;
         let train_patch = !self.config.encoder.frozen_patch_embed;
         self.online.backward(
@@ -339,6 +362,7 @@ impl<B: Backend> Cim<B> {
             &mut self.grads,
             &self.decoder_grads.dhz,
             &mut self.online_grads,
+            ready,
         )
     }
 

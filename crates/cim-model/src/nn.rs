@@ -13,6 +13,23 @@ pub(crate) type Res<B> = Result<(), <B as Memory>::Error>;
 /// LayerNorm epsilon of S3 (timm's ViT uses 1e-6).
 pub(crate) const LN_EPS: f32 = 1e-6;
 
+/// Told by the backward, between its ops, that the gradients in a range of the buffer it
+/// is handed are final for this micro-batch (see [`crate::Cim::forward_backward_reporting`]).
+pub(crate) type Ready<'a, B> = dyn FnMut(&mut <B as Memory>::Buffer, Range<usize>) + 'a;
+
+/// Reports each non-empty range of `ranges` to `ready`.
+pub(crate) fn report<'r, B: Memory>(
+    ready: &mut Ready<'_, B>,
+    grads: &mut B::Buffer,
+    ranges: impl IntoIterator<Item = &'r Range<usize>>,
+) {
+    for r in ranges {
+        if !r.is_empty() {
+            ready(grads, r.clone());
+        }
+    }
+}
+
 /// A view of a whole buffer.
 pub(crate) fn all<'a, B: Memory>(b: &'a B, buf: &'a B::Buffer) -> B::View<'a> {
     b.view(buf, 0..B::buffer_len(buf))

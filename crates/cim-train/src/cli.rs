@@ -270,6 +270,26 @@ impl From<Encoder> for EncoderChoice {
     }
 }
 
+/// How `pretrain` meets the other ranks of a data-parallel run (WORLD_SIZE > 1): given the
+/// backend, this process's world, the run's fingerprint (recipe and build; the function
+/// adds what must match of the backend) and the timeout of every exchange.
+pub type Connect<B> = fn(&B, &World, &str, Duration) -> Result<Box<dyn Collective<B>>>;
+
+/// The CPU collective ([`TcpCollective`]): works with every backend, through the host.
+pub fn tcp_connect<B: Backend>(
+    backend: &B,
+    world: &World,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<Box<dyn Collective<B>>> {
+    let fingerprint = format!("{fingerprint}, backend {}", backend.name());
+    Ok(Box::new(TcpCollective::connect(
+        world,
+        &fingerprint,
+        timeout,
+    )?))
+}
+
 /// What differs between the binaries besides the backend.
 pub struct BinaryDefaults<B: Backend> {
     /// Whether `pretrain --preflight auto` runs the preflight (on for GPU backends, whose
@@ -277,6 +297,9 @@ pub struct BinaryDefaults<B: Backend> {
     pub preflight: bool,
     /// How the backend renders pairs on its device, if it can (`pretrain --render`).
     pub renderer: Option<MakeRenderer<B>>,
+    /// The collective of a data-parallel `pretrain` ([`tcp_connect`] unless the backend
+    /// has its own, such as NCCL on GPUs).
+    pub connect: Connect<B>,
 }
 
 impl<B: Backend> Default for BinaryDefaults<B> {
@@ -284,6 +307,7 @@ impl<B: Backend> Default for BinaryDefaults<B> {
         BinaryDefaults {
             preflight: false,
             renderer: None,
+            connect: tcp_connect::<B>,
         }
     }
 }
@@ -465,13 +489,12 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 1 => Box::new(SingleProcess),
                 _ => {
                     let fingerprint = format!(
-                        "recipe {}, backend {}, cim-train {}",
+                        "recipe {}, cim-train {}",
                         recipe.hash(),
-                        backend.name(),
                         env!("CARGO_PKG_VERSION")
                     );
                     let timeout = Duration::from_secs(dist_timeout);
-                    Box::new(TcpCollective::connect(&world, &fingerprint, timeout)?)
+                    (defaults.connect)(backend, &world, &fingerprint, timeout)?
                 }
             };
             let opts = TrainOptions {

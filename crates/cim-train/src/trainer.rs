@@ -10,8 +10,9 @@
 //!
 //! Data-parallel: every rank builds the same model from the same seed and reads its own
 //! shard of each micro-batch; the gradients are summed over the ranks (each rank's loss is
-//! already divided by the world size, so the sum is the mean) before clipping, AdamW and
-//! EMA, so every rank takes the same step and holds the same bits. The ranks decide
+//! already divided by the world size, so the sum is the mean), bucket by bucket as the
+//! backward of a group's last micro-batch finishes them (the collective may sum while the
+//! backward goes on), before clipping, AdamW and EMA, so every rank takes the same step and holds the same bits. The ranks decide
 //! together to stop (a signal on any of them), and skip the same steps since they see the
 //! same summed gradients and loss. Only rank 0 writes to the run folder, after every rank
 //! showed it holds the same model.
@@ -32,7 +33,7 @@ use serde_json::json;
 use crate::checkpoint::{self, TrainState};
 use crate::device::backend_err;
 use crate::distributed::{
-    self, Collective, DEFAULT_BUCKET_BYTES, SingleProcess, StepVote, check_replicas,
+    self, BucketFeed, Collective, DEFAULT_BUCKET_BYTES, SingleProcess, StepVote, check_replicas,
 };
 use crate::plot;
 use crate::recipe::Recipe;
@@ -374,18 +375,30 @@ pub fn pretrain_distributed<B: Backend>(
             source.fill(b, epoch, i, &mut batch)?;
             window.2 += source.take_wait_seconds();
             // Dividing by the world size too makes the sum over the ranks the mean (S6).
-            model
-                .forward_backward(b, &batch, o.accum_iter * world)
-                .map_err(backend_err)?;
+            let divisor = o.accum_iter * world;
+            let last_micro = (i + 1) % accum == 0;
+            if last_micro {
+                // The group's gradients are final bucket by bucket as this backward runs.
+                let mut feed = BucketFeed::new(&mut *comm, &buckets);
+                model
+                    .forward_backward_reporting(b, &batch, divisor, &mut |grads, range| {
+                        feed.report(b, grads, range)
+                    })
+                    .map_err(backend_err)?;
+                let ([_, _, grads, _, _], _) = model.buffers_mut();
+                feed.finish(b, grads)?;
+            } else {
+                model
+                    .forward_backward(b, &batch, divisor)
+                    .map_err(backend_err)?;
+            }
             let mut loss = [0.0f32];
             b.download(b.view(model.loss(), 0..1), &mut loss)
                 .map_err(backend_err)?;
             group_loss += loss[0];
-            if (i + 1) % accum != 0 {
+            if !last_micro {
                 continue;
             }
-            let ([_, _, grads, _, _], _) = model.buffers_mut();
-            comm.all_reduce_sum(b, grads, &buckets)?;
             let vote = StepVote {
                 loss: group_loss,
                 stop: STOP_REQUESTED.load(Ordering::SeqCst),

@@ -3,7 +3,9 @@
 //! rank, a mismatched world size, fingerprint or rank, and a rank that never shows up;
 //! the CPU collective sums in rank order with identical bits everywhere (odd sizes, empty
 //! buckets), gathers bytes of any length, and names a peer that dies or goes silent; the
-//! bucket plan covers exactly the trainable tensors.
+//! bucket plan cuts the model's completion order into buckets within the budget, the feed
+//! hands each to the collective once complete, and the default `finish` sums them as the
+//! plain all-reduce does.
 
 use std::net::TcpListener;
 use std::ops::Range;
@@ -16,8 +18,8 @@ use cim_reference::Reference;
 use cim_spec::backend::Memory;
 use cim_spec::config::ModelConfig;
 use cim_train::distributed::{
-    Collective, Master, StepVote, TcpCollective, World, ensure_agreement, gradient_buckets,
-    rendezvous,
+    Bucket, BucketFeed, Collective, Master, StepVote, TcpCollective, World, ensure_agreement,
+    gradient_buckets, rendezvous,
 };
 
 const SHORT: Duration = Duration::from_secs(1);
@@ -306,48 +308,191 @@ fn a_peer_that_dies_or_goes_silent_is_named() {
 }
 
 #[test]
-fn buckets_hold_whole_trainable_tensors_in_reverse_order_within_the_budget() {
+fn buckets_hold_whole_trainable_tensors_in_completion_order_within_the_budget() {
     for frozen in [true, false] {
         let mut config = ModelConfig::preset("micro").unwrap();
         config.encoder.frozen_patch_embed = frozen;
         let layout = ParamLayout::new(&config);
-        let trainable: Vec<&Range<usize>> = layout
-            .tensors
-            .iter()
-            .filter(|t| t.trainable && !t.range.is_empty())
-            .map(|t| &t.range)
-            .collect();
-        let largest = trainable.iter().map(|r| r.len()).max().unwrap();
+        let order = layout.completion_order();
+        let largest = order.iter().map(|r| r.len()).max().unwrap();
         for budget in [0, 4 * largest / 2, 4 * largest, 4 * 3 * largest, usize::MAX] {
             let buckets = gradient_buckets(&layout, budget);
-            // Descending, disjoint, each a union of whole trainable tensors.
-            for w in buckets.windows(2) {
-                assert!(w[1].end <= w[0].start, "{buckets:?}");
-            }
-            let mut covered: Vec<usize> = Vec::new();
+            // The completion order cut into runs, each within the budget or one tensor.
+            let tensors: Vec<Range<usize>> =
+                buckets.iter().flat_map(|b| b.tensors.clone()).collect();
+            assert_eq!(tensors, order, "frozen {frozen}, budget {budget}");
             for bucket in &buckets {
-                let inside: Vec<_> = trainable
-                    .iter()
-                    .filter(|r| r.start >= bucket.start && r.end <= bucket.end)
-                    .collect();
-                assert_eq!(
-                    inside.iter().map(|r| r.len()).sum::<usize>(),
-                    bucket.len(),
-                    "bucket {bucket:?} holds only whole trainable tensors"
-                );
                 assert!(
-                    inside.len() == 1 || 4 * bucket.len() <= budget,
+                    bucket.tensors.len() == 1 || 4 * bucket.len() <= budget,
                     "{bucket:?}"
                 );
-                covered.extend(bucket.clone());
+                // The summed ranges: ascending, disjoint, not touching, the same elements.
+                for w in bucket.ranges.windows(2) {
+                    assert!(w[0].end < w[1].start, "{bucket:?}");
+                }
+                let mut mine: Vec<usize> = bucket.tensors.iter().flat_map(|r| r.clone()).collect();
+                mine.sort();
+                let summed: Vec<usize> = bucket.ranges.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(summed, mine, "{bucket:?}");
             }
-            covered.sort();
-            let mut all: Vec<usize> = trainable.iter().flat_map(|r| (*r).clone()).collect();
-            all.sort();
-            assert_eq!(covered, all, "frozen {frozen}, budget {budget}");
+            // A larger budget never needs more buckets.
+            assert!(buckets.len() >= gradient_buckets(&layout, usize::MAX).len());
         }
-        // Without a budget limit, only the frozen patch embedding splits the buffer.
+        // Without a budget limit, one bucket; the decoder's predictor comes first and the
+        // encoder's first block's tensors just before the class token (and patch embed).
         let unlimited = gradient_buckets(&layout, usize::MAX);
-        assert_eq!(unlimited.len(), if frozen { 2 } else { 1 }, "{unlimited:?}");
+        assert_eq!(unlimited.len(), 1, "{unlimited:?}");
+        let name = |r: &Range<usize>| {
+            let t = layout.tensors.iter().find(|t| t.range == *r).unwrap();
+            t.name.clone()
+        };
+        assert_eq!(name(&order[0]), "decoder_pred_mask.0.weight");
+        let tail: Vec<String> = order[order.len() - 4..].iter().map(name).collect();
+        let expected = if frozen {
+            [
+                "blocks.0.mlp.fc1.bias",
+                "blocks.0.mlp.fc2.weight",
+                "blocks.0.mlp.fc2.bias",
+                "cls_token",
+            ]
+        } else {
+            [
+                "blocks.0.mlp.fc2.bias",
+                "cls_token",
+                "patch_embed.proj.weight",
+                "patch_embed.proj.bias",
+            ]
+        };
+        assert_eq!(tail, expected, "frozen {frozen}");
+    }
+}
+
+/// A collective that records what the feed hands it.
+#[derive(Default)]
+struct Recorder {
+    events: Vec<String>,
+}
+
+impl Collective<Reference> for Recorder {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(
+        &mut self,
+        _: &Reference,
+        _: &mut <Reference as Memory>::Buffer,
+        ranges: &[Range<usize>],
+    ) -> Result<()> {
+        self.events.push(format!("sum {ranges:?}"));
+        Ok(())
+    }
+    fn bucket_ready(
+        &mut self,
+        _: &Reference,
+        _: &mut <Reference as Memory>::Buffer,
+        bucket: &Bucket,
+    ) -> Result<()> {
+        self.events.push(format!("ready {:?}", bucket.ranges));
+        Ok(())
+    }
+    fn finish(
+        &mut self,
+        _: &Reference,
+        _: &mut <Reference as Memory>::Buffer,
+        buckets: &[Bucket],
+    ) -> Result<()> {
+        self.events.push(format!("finish {}", buckets.len()));
+        Ok(())
+    }
+    fn all_gather(&mut self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![local.to_vec()])
+    }
+}
+
+#[test]
+fn the_feed_hands_each_bucket_once_complete_then_finishes() {
+    let layout = ParamLayout::new(&ModelConfig::preset("micro").unwrap());
+    let order = layout.completion_order();
+    let budget = 4 * order.iter().map(|r| r.len()).max().unwrap();
+    let buckets = gradient_buckets(&layout, budget);
+    assert!(buckets.len() > 2);
+    let b = Reference::new();
+    let mut grads = b
+        .alloc(layout.total, cim_spec::backend::Role::Gradient)
+        .unwrap();
+
+    let mut comm = Recorder::default();
+    let mut feed = BucketFeed::new(&mut comm, &buckets);
+    for r in &order {
+        feed.report(&b, &mut grads, r.clone());
+    }
+    feed.finish(&b, &mut grads).unwrap();
+    let mut expected: Vec<String> = buckets
+        .iter()
+        .map(|k| format!("ready {:?}", k.ranges))
+        .collect();
+    expected.push(format!("finish {}", buckets.len()));
+    assert_eq!(comm.events, expected);
+
+    // A report out of order, or a backward that stops short, is an error at finish.
+    let mut comm = Recorder::default();
+    let mut feed = BucketFeed::new(&mut comm, &buckets);
+    feed.report(&b, &mut grads, order[1].clone());
+    let e = error_text(feed.finish(&b, &mut grads));
+    assert!(e.contains("was due"), "{e}");
+    let mut comm = Recorder::default();
+    let mut feed = BucketFeed::new(&mut comm, &buckets);
+    feed.report(&b, &mut grads, order[0].clone());
+    let e = error_text(feed.finish(&b, &mut grads));
+    assert!(
+        e.contains(&format!("completed 0 of {}", buckets.len())),
+        "{e}"
+    );
+    assert!(comm.events.is_empty(), "{:?}", comm.events);
+}
+
+#[test]
+fn the_default_finish_sums_every_bucket_as_the_plain_all_reduce() {
+    const LEN: usize = 1001;
+    // Elements 3..10 in none; the first bucket's tensors merge into one range.
+    let buckets = vec![
+        Bucket::new(vec![900..LEN, 500..900]),
+        Bucket::new(vec![0..3, 10..500]),
+    ];
+    assert_eq!(buckets[0].ranges.len(), 1);
+    let port = free_port();
+    let results = on_ranks(0..3, move |rank| {
+        let b = Reference::new();
+        let mut comm = connect(3, port, rank);
+        let mut buf = b.alloc(LEN, cim_spec::backend::Role::Gradient).unwrap();
+        b.upload(b.view_mut(&mut buf, 0..LEN), &values(rank, LEN))
+            .unwrap();
+        let c: &mut dyn Collective<Reference> = &mut comm;
+        for k in &buckets {
+            c.bucket_ready(&b, &mut buf, k).unwrap();
+        }
+        c.finish(&b, &mut buf, &buckets).unwrap();
+        let mut out = vec![0.0f32; LEN];
+        b.download(b.view(&buf, 0..LEN), &mut out).unwrap();
+        out
+    });
+    let mut expected = values(0, LEN);
+    for r in 1..3 {
+        for (e, v) in expected.iter_mut().zip(values(r, LEN)) {
+            *e += v;
+        }
+    }
+    for (rank, got) in results.iter().enumerate() {
+        for i in 0..LEN {
+            let want = if (3..10).contains(&i) {
+                values(rank, LEN)[i]
+            } else {
+                expected[i]
+            };
+            assert_eq!(got[i].to_bits(), want.to_bits(), "rank {rank} [{i}]");
+        }
     }
 }

@@ -63,6 +63,8 @@ pub struct Gpu {
     gemm: GemmMath,
     arch: &'static str,
     name: String,
+    /// The name without the ordinal: what ranks on different GPUs must agree on.
+    model: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CUfunction>>,
     max_shared_bytes: usize,
@@ -116,25 +118,43 @@ impl Gpu {
         }
         // NVRTC takes the architecture as &'static str; one short string per opened GPU.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let model = format!(
+            "{name}, {arch}{}",
+            match gemm {
+                GemmMath::F32 => "",
+                GemmMath::Tf32 => ", tf32",
+                GemmMath::Bf16 => ", bf16",
+                GemmMath::Bf16Fused => ", bf16-fused",
+            }
+        );
         Ok(Gpu {
             ctx,
             stream,
             blas,
             gemm,
             arch,
-            name: format!(
-                "cuda:{ordinal} ({name}, {arch}{})",
-                match gemm {
-                    GemmMath::F32 => "",
-                    GemmMath::Tf32 => ", tf32",
-                    GemmMath::Bf16 => ", bf16",
-                    GemmMath::Bf16Fused => ", bf16-fused",
-                }
-            ),
+            name: format!("cuda:{ordinal} ({model})"),
+            model,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             max_shared_bytes,
         })
+    }
+
+    /// The card, its architecture and the GEMM math, without the ordinal (the ranks of a
+    /// data-parallel run on different GPUs of one kind agree on it).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The context, for work beside the backend's own (NCCL).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op is queued on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     /// The architecture kernels are compiled for, e.g. `sm_90`.

@@ -2,12 +2,14 @@
 //! of every batch, whose gradients are summed before every optimizer step.
 //!
 //! The trainer talks to the other ranks only through [`Collective`]: an all-reduce of the
-//! gradient buffer, bucket by bucket, and an all-gather of a few host bytes (on which the
-//! ranks decide together whether to stop, and check that they hold the same model). Two
+//! gradient buffer, bucket by bucket as the last backward of a step finishes them
+//! ([`buckets`]), and an all-gather of a few host bytes (on which the ranks decide
+//! together whether to stop, and check that they hold the same model). Two
 //! implementations live here, [`SingleProcess`] (nothing to talk to) and the CPU's
 //! [`TcpCollective`]; a GPU backend brings its own (NCCL) after the same [`rendezvous`].
 //! The processes are launched like torchrun's ([`World::from_env`]).
 
+pub mod buckets;
 mod tcp;
 mod world;
 
@@ -15,17 +17,14 @@ use std::ops::Range;
 
 use anyhow::{Result, bail};
 use cim_model::Cim;
-use cim_model::layout::ParamLayout;
 use cim_spec::backend::Backend;
 use sha2::{Digest, Sha256};
 
 use crate::device::download;
 
+pub use buckets::{Bucket, BucketFeed, DEFAULT_BUCKET_BYTES, gradient_buckets};
 pub use tcp::{Rendezvous, TcpCollective, rendezvous};
 pub use world::{Master, World};
-
-/// Bytes of gradient per bucket unless told otherwise (PyTorch DDP's default, 25 MiB).
-pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// How the ranks of a run exchange values. Every rank calls the same operations in the
 /// same order with the same sizes; results are identical, bit for bit, on every rank.
@@ -36,16 +35,35 @@ pub trait Collective<B: Backend> {
     /// Processes taking part.
     fn world_size(&self) -> usize;
 
-    /// Replaces `grads[range]`, for each range of `buckets` in the order given, by its sum
-    /// over the ranks; elements outside the buckets are left alone. Every rank passes the
-    /// same buckets (ranges may be empty). The summation order is fixed, so the result
-    /// does not depend on timing.
+    /// Replaces `grads[range]`, for each range of `ranges`, by its sum over the ranks;
+    /// elements outside the ranges are left alone. Every rank passes the same disjoint
+    /// ranges (some may be empty). The summation order is fixed, so the result does not
+    /// depend on timing.
     fn all_reduce_sum(
         &mut self,
         b: &B,
         grads: &mut B::Buffer,
-        buckets: &[Range<usize>],
+        ranges: &[Range<usize>],
     ) -> Result<()>;
+
+    /// The backward has finished `bucket` (the next of the step's buckets, in order):
+    /// a collective that can sum in the background starts on it. The default waits for
+    /// [`Collective::finish`].
+    fn bucket_ready(&mut self, b: &B, grads: &mut B::Buffer, bucket: &Bucket) -> Result<()> {
+        let _ = (b, grads, bucket);
+        Ok(())
+    }
+
+    /// After the backward: every bucket of `buckets` is summed over the ranks (as
+    /// [`Collective::all_reduce_sum`] of its ranges) as far as later work on `b` is
+    /// concerned, those handed to [`Collective::bucket_ready`] and the rest. The default
+    /// sums each bucket now, in order.
+    fn finish(&mut self, b: &B, grads: &mut B::Buffer, buckets: &[Bucket]) -> Result<()> {
+        for bucket in buckets {
+            self.all_reduce_sum(b, grads, &bucket.ranges)?;
+        }
+        Ok(())
+    }
 
     /// Every rank's `local` bytes, indexed by rank (lengths may differ between ranks).
     fn all_gather(&mut self, local: &[u8]) -> Result<Vec<Vec<u8>>>;
@@ -70,34 +88,6 @@ impl<B: Backend> Collective<B> for SingleProcess {
     fn all_gather(&mut self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
         Ok(vec![local.to_vec()])
     }
-}
-
-/// The buckets of the gradient buffer: contiguous ranges of whole trainable tensors, in
-/// reverse layout order, each holding as many tensors as fit in `budget_bytes` of f32
-/// (a larger tensor gets a bucket of its own). Frozen tensors, whose gradients stay zero,
-/// are left out, so a bucket never spans one.
-pub fn gradient_buckets(layout: &ParamLayout, budget_bytes: usize) -> Vec<Range<usize>> {
-    let budget = budget_bytes / size_of::<f32>();
-    let mut buckets: Vec<Range<usize>> = Vec::new();
-    let mut open = false;
-    for t in layout.tensors.iter().rev().filter(|t| !t.range.is_empty()) {
-        if !t.trainable {
-            open = false;
-            continue;
-        }
-        match buckets.last_mut() {
-            Some(last)
-                if open && last.start == t.range.end && last.len() + t.range.len() <= budget =>
-            {
-                last.start = t.range.start;
-            }
-            _ => {
-                buckets.push(t.range.clone());
-                open = true;
-            }
-        }
-    }
-    buckets
 }
 
 /// What each rank says at the end of an accumulation group.

@@ -472,12 +472,12 @@ impl TcpCollective {
     }
 
     /// Sums `self.values` over the ranks in rank order; every rank ends with rank 0's sum.
-    fn sum_values(&mut self, bucket: usize) -> Result<()> {
+    fn sum_values(&mut self) -> Result<()> {
         let op = self.next_op();
         let expected = self.values.len() * 4;
         let wrong_length = |link: &Link, got: usize| {
             anyhow!(
-                "{} sent gradient bucket {bucket} with {} values where {} were due: the ranks' bucket plans differ",
+                "{} sent {} gradient values in operation {op} where {} were due: the ranks' bucket plans differ",
                 link.name,
                 got / 4,
                 expected / 4
@@ -528,26 +528,40 @@ impl<B: Backend> Collective<B> for TcpCollective {
         self.size
     }
 
+    /// The ranges travel as one message (one operation) per call.
     fn all_reduce_sum(
         &mut self,
         b: &B,
         grads: &mut B::Buffer,
-        buckets: &[Range<usize>],
+        ranges: &[Range<usize>],
     ) -> Result<()> {
         let len = B::buffer_len(grads);
-        for (k, range) in buckets.iter().enumerate() {
-            if range.end > len || range.start > range.end {
-                bail!("gradient bucket {k} ({range:?}) is not within the buffer of {len} values");
-            }
-            if range.is_empty() {
-                continue;
-            }
-            self.values.resize(range.len(), 0.0);
-            b.download(b.view(grads, range.clone()), &mut self.values)
-                .map_err(backend_err)?;
-            self.sum_values(k)?;
-            b.upload(b.view_mut(grads, range.clone()), &self.values)
-                .map_err(backend_err)?;
+        if let Some(range) = ranges.iter().find(|r| r.end > len || r.start > r.end) {
+            bail!("gradient range {range:?} is not within the buffer of {len} values");
+        }
+        let total: usize = ranges.iter().map(|r| r.len()).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        self.values.resize(total, 0.0);
+        let mut at = 0;
+        for range in ranges {
+            b.download(
+                b.view(grads, range.clone()),
+                &mut self.values[at..][..range.len()],
+            )
+            .map_err(backend_err)?;
+            at += range.len();
+        }
+        self.sum_values()?;
+        let mut at = 0;
+        for range in ranges {
+            b.upload(
+                b.view_mut(grads, range.clone()),
+                &self.values[at..][..range.len()],
+            )
+            .map_err(backend_err)?;
+            at += range.len();
         }
         Ok(())
     }
