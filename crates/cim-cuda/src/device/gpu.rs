@@ -503,6 +503,32 @@ unsafe fn set_desc<T>(
     .map_err(|e| lt_error(&format!("cublasLtMatmulDescSetAttribute({attr:?})"), e))
 }
 
+/// Sets one attribute of a matmul preference to `value`.
+///
+/// # Safety
+/// `pref` is live and `T` is the attribute's type.
+unsafe fn set_pref<T>(
+    pref: cublaslt::sys::cublasLtMatmulPreference_t,
+    attr: cublaslt::sys::cublasLtMatmulPreferenceAttributes_t,
+    value: &T,
+) -> Result<(), CudaError> {
+    // SAFETY: the caller's guarantee; `value` is read for its size only.
+    unsafe {
+        cublaslt::result::set_matmul_pref_attribute(
+            pref,
+            attr,
+            (value as *const T).cast(),
+            size_of::<T>(),
+        )
+    }
+    .map_err(|e| {
+        lt_error(
+            &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
+            e,
+        )
+    })
+}
+
 impl Lt {
     fn new(ctx: &Arc<CudaContext>) -> Result<Self, CudaError> {
         // SAFETY: this only tries to dlopen the library by its soname.
@@ -511,10 +537,10 @@ impl Lt {
                 "libcublasLt.so.13 was not found on the library path (CIM_CUDA_EPILOGUES=1 needs it)",
             ));
         }
-        let handle =
-            cublaslt::result::create_handle().map_err(|e| lt_error("cublasLtCreate", e))?;
         ctx.bind_to_thread()
             .map_err(|e| driver_error("binding the context", e))?;
+        let handle =
+            cublaslt::result::create_handle().map_err(|e| lt_error("cublasLtCreate", e))?;
         // SAFETY: a plain allocation in the bound context.
         let workspace = match unsafe { driver::malloc_sync(LT_WORKSPACE_BYTES) } {
             Ok(ptr) => GpuAlloc {
@@ -664,54 +690,43 @@ impl Lt {
         }
         let pref = cublaslt::result::create_matmul_pref()
             .map_err(|e| lt_error("cublasLtMatmulPreferenceCreate", e))?;
-        let settings: [(Pref, u64); 5] = [
-            (
-                Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                LT_WORKSPACE_BYTES as u64,
-            ),
-            (
-                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                key.align[0].into(),
-            ),
-            (
-                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                key.align[1].into(),
-            ),
-            (
-                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                key.align[2].into(),
-            ),
-            (
-                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                key.align[2].into(),
-            ),
-        ];
-        let heuristic = settings
-            .iter()
-            .try_for_each(|(attr, value)| {
-                // The workspace size is a uint64, the alignments uint32.
-                let (ptr, size) = if *attr == Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES {
-                    ((value as *const u64).cast(), size_of::<u64>())
-                } else {
-                    ((value as *const u64).cast::<u32>().cast(), size_of::<u32>())
-                };
-                // SAFETY: the preference is live; `ptr` holds `size` bytes of the value.
-                unsafe { cublaslt::result::set_matmul_pref_attribute(pref, *attr, ptr, size) }
-                    .map_err(|e| {
-                        lt_error(
-                            &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
-                            e,
-                        )
-                    })
-            })
-            .and_then(|()| {
-                let [a, b, c] = plan.layouts;
-                // SAFETY: every descriptor is live.
-                unsafe {
-                    cublaslt::result::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+        let search = || -> Result<cublaslt::sys::cublasLtMatmulHeuristicResult_t, CudaError> {
+            let alignments = [
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    key.align[0],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    key.align[1],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    key.align[2],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    key.align[2],
+                ),
+            ];
+            let workspace = LT_WORKSPACE_BYTES as u64;
+            let [a, b, c] = plan.layouts;
+            // SAFETY: the preference and every descriptor are live; the workspace size is
+            // a uint64, the alignments uint32.
+            unsafe {
+                set_pref(
+                    pref,
+                    Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &workspace,
+                )?;
+                for (attr, bytes) in alignments {
+                    set_pref(pref, attr, &bytes)?;
                 }
-                .map_err(|e| lt_error(&format!("cublasLtMatmulAlgoGetHeuristic {key:?}"), e))
-            });
+                cublaslt::result::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+            }
+            .map_err(|e| lt_error(&format!("cublasLtMatmulAlgoGetHeuristic {key:?}"), e))
+        };
+        let heuristic = search();
         // SAFETY: created above, used by nothing else.
         let _ = unsafe { cublaslt::result::destroy_matmul_pref(pref) };
         plan.algo = heuristic?.algo;
