@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs scripts/gpu-check.sh on the host emulator at tiny sizes (no GPU), so its plumbing
 # (library paths, every part's command line, the summary) is tested on every push: the
-# selftest, the short pretrain and our bench (f32 GEMMs, and both bf16 modes on backends
-# that say so) must succeed, and the loss and the bench's per-op breakdown must be reported.
+# selftest, the short pretrain and our bench (f32 GEMMs, both bf16 modes, and bf16 with
+# fused bias epilogues, on backends that say so) must succeed, and the loss and the bench's per-op breakdown must be reported.
 # The PyTorch parts run only where torch is installed, and are not required here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,16 +14,18 @@ OUT="$out" BUNDLE="${CARGO_TARGET_DIR:-target}/release" scripts/gpu-check.sh --d
 python3 - "$out/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-required = ("selftest", "pretrain", "bench_cim", "bench_cim_bf16", "bench_cim_bf16_fused")
+required = ("selftest", "pretrain", "bench_cim", "bench_cim_bf16", "bench_cim_bf16_fused",
+            "bench_cim_bf16_epilogues")
 bad = {k: v for k, v in s["status"].items() if k in required and v != "0"}
 bad.update({k: "did not run" for k in required if k not in s["status"]})
 assert not bad, f"gpu-check dry run: parts failed: {bad} (logs beside {sys.argv[1]})"
 assert s.get("pretrain", {}).get("steps", 0) > 0, "gpu-check dry run: no pretrain loss reported"
 assert (s.get("bench_cim") or {}).get("images_per_s", 0) > 0, "gpu-check dry run: no bench result"
 assert (s.get("bench_cim") or {}).get("breakdown"), "gpu-check dry run: no bench breakdown"
-for part, mode in (("bench_cim_bf16", "bf16"), ("bench_cim_bf16_fused", "bf16-fused")):
+for part, mode in (("bench_cim_bf16", "bf16"), ("bench_cim_bf16_fused", "bf16-fused"),
+                   ("bench_cim_bf16_epilogues", "bf16+epilogues")):
     r = s.get(part) or {}
     assert r.get("images_per_s", 0) > 0, f"gpu-check dry run: no {mode} bench result"
     assert r.get("backend", "").endswith(mode), f"gpu-check dry run: the {mode} bench ran on {r.get('backend')!r}"
-print("gpu-check dry run: selftest, pretrain and bench (f32, bf16, bf16-fused) ran on the emulator")
+print("gpu-check dry run: selftest, pretrain and bench (f32, bf16, bf16-fused, bf16+epilogues) ran on the emulator")
 PY

@@ -11,8 +11,9 @@
 #   3. a short `cim-cuda pretrain` of the demo recipe on data/photos: the loss must fall;
 #   4. the benchmark: our ViT-B/16 CIM step (f32, bf16, bf16-fused and TF32 GEMMs: `bf16`
 #      converts each operand in a kernel of ours, `bf16-fused` leaves that to cuBLAS's
-#      FAST_16BF compute type; whichever is faster should become the default), and the same step in
-#      PyTorch on the same card,
+#      FAST_16BF compute type; whichever is faster should become the default; and bf16 with
+#      CIM_CUDA_EPILOGUES=1, the linear layers' bias add and bias gradient inside cuBLASLt
+#      GEMMs, whose conformance is checked too), and the same step in PyTorch on the same card,
 #      the release's way (f32 eager) and the strongest way (bf16 autocast, SDPA,
 #      torch.compile): images/s and MFU against the dense bf16 peak; our bench also profiles
 #      one step op by op (`--breakdown`: time, share and TFLOP/s per op and GEMM shape).
@@ -73,21 +74,24 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi
 
 # Most telling first, each under a limit, so the whole run fits one device call (10 min)
 # and a part that overruns costs only itself.
-conformance() { # name CIM_CUDA_GEMM
+conformance() { # name CIM_CUDA_GEMM [CIM_CUDA_EPILOGUES]
     if ((dry_run)); then
         status[$1]=skipped
     else
-        part "$1" 150 env CIM_REQUIRE_GPU=1 CIM_CUDA_GEMM="$2" "$BUNDLE/gpu-conformance" --test-threads 1
+        part "$1" 150 env CIM_REQUIRE_GPU=1 CIM_CUDA_GEMM="$2" CIM_CUDA_EPILOGUES="${3:-0}" \
+            "$BUNDLE/gpu-conformance" --test-threads 1
     fi
 }
-bench_cim() { # name CIM_CUDA_GEMM json
-    part "$1" 90 env CIM_CUDA_GEMM="$2" "${cim[@]}" bench --model "$model" --batch "$batch" \
-        --steps "$steps" --peak-tflops "$PEAK_TFLOPS" --breakdown --json "$OUT/$3"
+bench_cim() { # name CIM_CUDA_GEMM json [CIM_CUDA_EPILOGUES]
+    part "$1" 90 env CIM_CUDA_GEMM="$2" CIM_CUDA_EPILOGUES="${4:-0}" "${cim[@]}" bench \
+        --model "$model" --batch "$batch" --steps "$steps" --peak-tflops "$PEAK_TFLOPS" \
+        --breakdown --json "$OUT/$3"
 }
 conformance conformance_f32 f32
 conformance conformance_bf16 bf16
 bench_cim bench_cim f32 bench-cim.json
 bench_cim bench_cim_bf16 bf16 bench-cim-bf16.json
+bench_cim bench_cim_bf16_epilogues bf16 bench-cim-bf16-epilogues.json 1
 bench_cim bench_cim_bf16_fused bf16-fused bench-cim-bf16-fused.json
 bench_cim bench_cim_tf32 tf32 bench-cim-tf32.json
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
@@ -113,6 +117,7 @@ if ((!dry_run)); then
         echo "   nccl: skipped, libnccl.so is not on LD_LIBRARY_PATH (see $OUT/nccl.log)" >&2
     fi
 fi
+conformance conformance_bf16_epilogues bf16 1
 # torch.compile takes a minute even for the micro model on a CPU: not in the dry run.
 ((dry_run)) || torch_bench compile bf16 200
 conformance conformance_bf16_fused bf16-fused
@@ -128,6 +133,7 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 summary["bench_cim"] = load("bench-cim.json")
 summary["bench_cim_bf16"] = load("bench-cim-bf16.json")
+summary["bench_cim_bf16_epilogues"] = load("bench-cim-bf16-epilogues.json")
 summary["bench_cim_bf16_fused"] = load("bench-cim-bf16-fused.json")
 summary["bench_cim_tf32"] = load("bench-cim-tf32.json")
 for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
@@ -142,7 +148,8 @@ if os.path.exists(metrics):
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         summary["pretrain"] = {"steps": len(losses), "loss_first_fifth": first,
                                "loss_last_fifth": last, "loss_fell": last < first}
-for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_bf16_fused", "bench_cim_tf32"):
+for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_bf16_epilogues", "bench_cim_bf16_fused",
+             "bench_cim_tf32"):
     cim = summary[ours] or {}
     for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
         t = summary[name]

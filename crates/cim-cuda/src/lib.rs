@@ -16,13 +16,14 @@
 //!
 //! Buffers hold f32; GEMMs run in f32 ([`Precision::F32`]), with TF32 inputs on tensor
 //! cores ([`Precision::Tf32`]) or with bf16 inputs on tensor cores and f32 accumulation
-//! ([`Precision::Bf16Mixed`]), as [`GemmMath`] says. Reductions use fixed trees, never
+//! ([`Precision::Bf16Mixed`]), as [`GemmMath`] says; the linear layers' bias work runs
+//! separately or inside their GEMMs (cuBLASLt epilogues), as [`BiasEpilogue`] says. Reductions use fixed trees, never
 //! atomics, so the same inputs give the same bits on every run.
 
 use core::marker::PhantomData;
 use core::ops::Range;
 
-use cim_spec::backend::{Backend, Memory, Precision, Role};
+use cim_spec::backend::{Backend, LinearArgs, Memory, Precision, Role};
 
 mod device;
 mod error;
@@ -31,7 +32,9 @@ mod ops;
 
 pub use device::emu::Emulator;
 pub use device::gpu::{Gpu, gpu_unavailable_reason};
-pub use device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
+pub use device::{
+    BiasEpilogue, ColumnMajorGemm, Device, Epilogue, GemmConfig, GemmInput, GemmMath, LaunchDims,
+};
 pub use error::CudaError;
 pub use nccl::{NcclCollective, nccl_unavailable_reason};
 pub use ops::render::{PairOutputs, PairRenderer};
@@ -49,6 +52,9 @@ pub struct Cuda<D: Device> {
     /// Both operands of one GEMM rounded to bf16 ([`GemmMath::Bf16`] only), reused by every
     /// GEMM; the lock is held while a GEMM's conversions and product are queued.
     bf16_operands: std::sync::Mutex<Scratch<D>>,
+    /// The bias gradient a fused weight-gradient GEMM writes ([`BiasEpilogue::Fused`]
+    /// only) before it is added to the gradient; the lock is held while both are queued.
+    bias_gradient: std::sync::Mutex<Scratch<D>>,
 }
 
 /// f64 slots in [`Cuda`]'s partial-sum buffer: the most blocks a two-launch reduction's
@@ -61,9 +67,10 @@ impl Cuda<Gpu> {
         Self::gpu_with(ordinal, GemmMath::F32)
     }
 
-    /// The backend on GPU `ordinal` with GEMMs in `gemm`'s math.
-    pub fn gpu_with(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
-        Self::on(Gpu::new(ordinal, gemm)?)
+    /// The backend on GPU `ordinal` with GEMMs as `gemm` says (a [`GemmMath`] alone
+    /// leaves the bias work separate).
+    pub fn gpu_with(ordinal: usize, gemm: impl Into<GemmConfig>) -> Result<Self, CudaError> {
+        Self::on(Gpu::new(ordinal, gemm.into())?)
     }
 }
 
@@ -73,9 +80,10 @@ impl Cuda<Emulator> {
         Self::emulated_with(GemmMath::F32)
     }
 
-    /// The backend on the host emulator with GEMMs in `gemm`'s math.
-    pub fn emulated_with(gemm: GemmMath) -> Self {
-        Self::on(Emulator { gemm }).expect("the emulator allocates 32 KiB of host memory")
+    /// The backend on the host emulator with GEMMs as `gemm` says (a [`GemmMath`] alone
+    /// leaves the bias work separate).
+    pub fn emulated_with(gemm: impl Into<GemmConfig>) -> Self {
+        Self::on(Emulator::new(gemm.into())).expect("the emulator allocates 32 KiB of host memory")
     }
 }
 
@@ -86,6 +94,7 @@ impl<D: Device> Cuda<D> {
             device,
             partials: std::sync::Mutex::new(partials),
             bf16_operands: std::sync::Mutex::new(Scratch::new()),
+            bias_gradient: std::sync::Mutex::new(Scratch::new()),
         })
     }
 
@@ -139,6 +148,15 @@ pub struct DeviceViewMut<'a> {
 const F32_BYTES: u64 = 4;
 
 impl DeviceView<'_> {
+    /// A view of `len` f32 elements at device address `ptr` of an allocation the caller
+    /// keeps alive and unwritten while the view is used (the backend's own scratch).
+    pub(crate) fn of_scratch(ptr: u64, len: usize) -> Self {
+        DeviceView {
+            ptr,
+            len,
+            _buffer: PhantomData,
+        }
+    }
     pub(crate) fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -324,5 +342,27 @@ impl<D: Device> Backend for Cuda<D> {
 
     fn precision(&self) -> Precision {
         self.device.gemm_math().precision()
+    }
+
+    fn linear_forward(
+        &self,
+        y: DeviceViewMut<'_>,
+        x: DeviceView<'_>,
+        weight: DeviceView<'_>,
+        bias: DeviceView<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), CudaError> {
+        ops::gemm::linear_forward(self, y, x, weight, bias, args)
+    }
+
+    fn linear_backward_params(
+        &self,
+        dweight: DeviceViewMut<'_>,
+        dbias: DeviceViewMut<'_>,
+        dy: DeviceView<'_>,
+        x: DeviceView<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), CudaError> {
+        ops::gemm::linear_backward_params(self, dweight, dbias, dy, x, args)
     }
 }

@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use cim_cuda::{Cuda, Device, GemmMath, Gpu, NcclCollective, PairOutputs, PairRenderer};
+use cim_cuda::{Cuda, Device, GemmConfig, Gpu, NcclCollective, PairOutputs, PairRenderer};
 use cim_data::{PairConfig, ViewBatch};
 use cim_model::Batch;
 use cim_spec::backend::Memory;
@@ -104,7 +104,7 @@ fn nccl_connect(
 }
 
 fn main() -> Result<()> {
-    let gemm = GemmMath::from_env().map_err(|e| anyhow!("cim-cuda: {e}"))?;
+    let gemm = GemmConfig::from_env().map_err(|e| anyhow!("cim-cuda: {e}"))?;
     if std::env::var("CIM_CUDA_EMULATE").is_ok_and(|v| v == "1") {
         return cli_main(|| Ok(Cuda::emulated_with(gemm)), defaults());
     }

@@ -4,7 +4,7 @@
 
 use core::ops::Range;
 
-use cim_spec::backend::{Backend, GemmArgs, Memory};
+use cim_spec::backend::{Backend, GemmArgs, LinearArgs, Memory};
 use cim_spec::ops;
 
 /// Result of the backend `B`.
@@ -73,18 +73,25 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// The contract's sizes of this layer.
+    fn args(&self) -> LinearArgs {
+        LinearArgs {
+            rows: self.rows,
+            inp: self.inp,
+            out: self.out,
+        }
+    }
+
     /// `y[rows, out] = x[rows, in] W^T + bias` with `W` stored `[out, in]` (S1).
     pub(crate) fn forward<B: Backend>(
         &self,
         b: &B,
-        mut y: B::ViewMut<'_>,
+        y: B::ViewMut<'_>,
         x: B::View<'_>,
         w: B::View<'_>,
         bias: B::View<'_>,
     ) -> Res<B> {
-        let args = GemmArgs::single(self.rows, self.out, self.inp, false, true);
-        ops::gemm(b, B::reborrow(&mut y), x, w, &args)?;
-        ops::add_broadcast(b, y, bias, self.rows, self.out, 1)
+        ops::linear_forward(b, y, x, w, bias, &self.args())
     }
 
     /// Parameter gradients, accumulated: `dW += dy^T x`, `dbias += sum_rows dy`.
@@ -97,19 +104,8 @@ impl Linear {
         dy: B::View<'_>,
         x: B::View<'_>,
     ) -> Res<B> {
-        let args = GemmArgs {
-            beta: 1.0,
-            ..GemmArgs::single(self.out, self.inp, self.rows, true, false)
-        };
-        ops::gemm(b, b.view_mut(grads, w.clone()), dy, x, &args)?;
-        ops::sum_broadcast(
-            b,
-            b.view_mut(grads, bias.clone()),
-            dy,
-            self.rows,
-            self.out,
-            1,
-        )
+        let (dw, dbias) = pair_mut(b, grads, w.clone(), bias.clone());
+        ops::linear_backward_params(b, dw, dbias, dy, x, &self.args())
     }
 
     /// Input gradient `dx = dy W` (written, or accumulated when `accumulate`).

@@ -1,7 +1,11 @@
 //! The backend contract: every op of the CIM training step (S3-S7) as a small trait.
 //!
 //! A [`Backend`] is the bundle of [`Memory`], [`Gemm`], [`Elementwise`], [`Norm`],
-//! [`Attention`], [`Tokens`], [`Conv`], [`MapLossOps`] and [`Optim`]. Conventions, once for all ops:
+//! [`Attention`], [`Tokens`], [`Conv`], [`MapLossOps`] and [`Optim`], plus the linear
+//! layer's two composite ops ([`Backend::linear_forward`],
+//! [`Backend::linear_backward_params`]), provided as compositions of the others so that a
+//! backend overrides them only to fuse (issue 6: bias epilogues of cuBLASLt). Conventions,
+//! once for all ops:
 //! - Arguments come as outputs first, then inputs, then sizes as plain `usize`. Buffers
 //!   are contiguous and row-major (S1); a view is an offset and a length in one buffer.
 //! - Sizes are checked once, by the wrappers in [`crate::ops`]; callers should go through
@@ -176,6 +180,33 @@ pub trait Gemm: Memory {
         b: Self::View<'_>,
         args: &GemmArgs,
     ) -> Result<(), Self::Error>;
+}
+
+/// Sizes of a linear layer applied to `rows` vectors: `x` `[rows, inp]`, weight `[out, inp]`
+/// (S1: PyTorch's order), bias `[out]`, `y` `[rows, out]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearArgs {
+    /// Vectors (tokens) the layer is applied to.
+    pub rows: usize,
+    /// Input features.
+    pub inp: usize,
+    /// Output features.
+    pub out: usize,
+}
+
+impl LinearArgs {
+    /// The forward product `y = x W^T` (written).
+    pub fn forward_gemm(&self) -> GemmArgs {
+        GemmArgs::single(self.rows, self.out, self.inp, false, true)
+    }
+
+    /// The weight-gradient product `dW += dy^T x` (accumulated).
+    pub fn weight_gradient_gemm(&self) -> GemmArgs {
+        GemmArgs {
+            beta: 1.0,
+            ..GemmArgs::single(self.out, self.inp, self.rows, true, false)
+        }
+    }
 }
 
 /// Element-wise and broadcast ops.
@@ -693,4 +724,62 @@ pub trait Backend:
     fn name(&self) -> &str;
     /// The activation precision, which selects the tolerance column.
     fn precision(&self) -> Precision;
+
+    /// A linear layer's forward (S1, S3): `y = x W^T + bias` (writes `y`). Provided as
+    /// [`linear_forward_separate`]; a backend may instead fuse the bias into the product
+    /// (a GEMM epilogue) and is then compared under the GEMM row of the tolerance table.
+    fn linear_forward(
+        &self,
+        y: Self::ViewMut<'_>,
+        x: Self::View<'_>,
+        weight: Self::View<'_>,
+        bias: Self::View<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), Self::Error> {
+        linear_forward_separate(self, y, x, weight, bias, args)
+    }
+
+    /// A linear layer's parameter gradients, accumulated: `dweight += dy^T x`,
+    /// `dbias += sum_rows dy`. Provided as [`linear_backward_params_separate`]; a backend
+    /// may instead compute the bias gradient inside the product (a GEMM epilogue).
+    fn linear_backward_params(
+        &self,
+        dweight: Self::ViewMut<'_>,
+        dbias: Self::ViewMut<'_>,
+        dy: Self::View<'_>,
+        x: Self::View<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), Self::Error> {
+        linear_backward_params_separate(self, dweight, dbias, dy, x, args)
+    }
+}
+
+/// [`Backend::linear_forward`] as two ops: [`Gemm::gemm`] with
+/// [`LinearArgs::forward_gemm`], then [`Elementwise::add_broadcast`] of the bias. The
+/// provided method, and the fallback of backends that fuse only some calls.
+pub fn linear_forward_separate<B: Backend + ?Sized>(
+    b: &B,
+    mut y: B::ViewMut<'_>,
+    x: B::View<'_>,
+    weight: B::View<'_>,
+    bias: B::View<'_>,
+    args: &LinearArgs,
+) -> Result<(), B::Error> {
+    b.gemm(B::reborrow(&mut y), x, weight, &args.forward_gemm())?;
+    b.add_broadcast(y, bias, args.rows, args.out, 1)
+}
+
+/// [`Backend::linear_backward_params`] as two ops: [`Gemm::gemm`] with
+/// [`LinearArgs::weight_gradient_gemm`], then [`Elementwise::sum_broadcast`] of `dy`. The
+/// provided method, and the fallback of backends that fuse only some calls.
+pub fn linear_backward_params_separate<B: Backend + ?Sized>(
+    b: &B,
+    dweight: B::ViewMut<'_>,
+    dbias: B::ViewMut<'_>,
+    dy: B::View<'_>,
+    x: B::View<'_>,
+    args: &LinearArgs,
+) -> Result<(), B::Error> {
+    b.gemm(dweight, dy, x, &args.weight_gradient_gemm())?;
+    b.sum_broadcast(dbias, dy, args.rows, args.out, 1)
 }

@@ -7,8 +7,9 @@
 //! arguments (DESIGN.md: "shapes are checked once").
 
 use crate::backend::{
-    AdamWArgs, Attention, AttentionArgs, Conv, ConvTransposeArgs, Elementwise, Gemm, GemmArgs,
-    MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Tokens, XcorrArgs,
+    AdamWArgs, Attention, AttentionArgs, Backend, Conv, ConvTransposeArgs, Elementwise, Gemm,
+    GemmArgs, LinearArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Tokens,
+    XcorrArgs,
 };
 use crate::error::ShapeError;
 
@@ -110,6 +111,42 @@ pub fn gemm<B: Gemm>(
         len_mut::<B>(&c),
     )?;
     b.gemm(c, a, bm, args)
+}
+
+/// Checked [`Backend::linear_forward`].
+pub fn linear_forward<B: Backend>(
+    b: &B,
+    y: B::ViewMut<'_>,
+    x: B::View<'_>,
+    weight: B::View<'_>,
+    bias: B::View<'_>,
+    args: &LinearArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "linear_forward";
+    let LinearArgs { rows, inp, out } = *args;
+    expect(OP, "y", prod(&[rows, out]), len_mut::<B>(&y))?;
+    expect(OP, "x", prod(&[rows, inp]), len::<B>(&x))?;
+    expect(OP, "weight", prod(&[out, inp]), len::<B>(&weight))?;
+    expect(OP, "bias", out, len::<B>(&bias))?;
+    b.linear_forward(y, x, weight, bias, args)
+}
+
+/// Checked [`Backend::linear_backward_params`].
+pub fn linear_backward_params<B: Backend>(
+    b: &B,
+    dweight: B::ViewMut<'_>,
+    dbias: B::ViewMut<'_>,
+    dy: B::View<'_>,
+    x: B::View<'_>,
+    args: &LinearArgs,
+) -> Result<(), B::Error> {
+    const OP: &str = "linear_backward_params";
+    let LinearArgs { rows, inp, out } = *args;
+    expect(OP, "dweight", prod(&[out, inp]), len_mut::<B>(&dweight))?;
+    expect(OP, "dbias", out, len_mut::<B>(&dbias))?;
+    expect(OP, "dy", prod(&[rows, out]), len::<B>(&dy))?;
+    expect(OP, "x", prod(&[rows, inp]), len::<B>(&x))?;
+    b.linear_backward_params(dweight, dbias, dy, x, args)
 }
 
 /// Checked [`Elementwise::add_assign`].

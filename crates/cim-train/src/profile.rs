@@ -2,7 +2,9 @@
 //! every op call, synchronising the device before and after it so that the wall time
 //! between the two belongs to that op alone. Times add up per op name (the trait method's
 //! name: "gemm", "layernorm_forward", ...) and, for GEMMs, per shape class; GEMMs and
-//! attention also count their FLOPs, so achieved TFLOP/s can be read per op.
+//! attention also count their FLOPs, so achieved TFLOP/s can be read per op. The linear
+//! layers' composite ops go to the inner backend whole (it may fuse their bias work into
+//! the GEMM, issue 6) and are timed as themselves, with their GEMM's FLOPs and shape class.
 //!
 //! Synchronising around every op removes the overlap of launches with execution that an
 //! asynchronous device relies on, so on a GPU the ops of a profiled step add up to more
@@ -20,8 +22,8 @@ use std::time::Instant;
 
 use cim_spec::backend::{
     AdamWArgs, Attention, AttentionArgs, Backend, Conv, ConvTransposeArgs, Elementwise, Gemm,
-    GemmArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
-    XcorrArgs,
+    GemmArgs, LinearArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role,
+    Tokens, XcorrArgs,
 };
 use serde::Serialize;
 
@@ -644,6 +646,33 @@ impl<B: Backend> Backend for Profiled<'_, B> {
     fn precision(&self) -> Precision {
         self.inner.precision()
     }
+    fn linear_forward(
+        &self,
+        y: B::ViewMut<'_>,
+        x: B::View<'_>,
+        weight: B::View<'_>,
+        bias: B::View<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), B::Error> {
+        let shape = GemmShape::of(&args.forward_gemm());
+        self.time("linear_forward", shape.flops(), Some(shape), || {
+            self.inner.linear_forward(y, x, weight, bias, args)
+        })
+    }
+    fn linear_backward_params(
+        &self,
+        dweight: B::ViewMut<'_>,
+        dbias: B::ViewMut<'_>,
+        dy: B::View<'_>,
+        x: B::View<'_>,
+        args: &LinearArgs,
+    ) -> Result<(), B::Error> {
+        let shape = GemmShape::of(&args.weight_gradient_gemm());
+        self.time("linear_backward_params", shape.flops(), Some(shape), || {
+            self.inner
+                .linear_backward_params(dweight, dbias, dy, x, args)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -714,8 +743,9 @@ mod tests {
         "fill",
         "patchify",
         "gemm",
+        "linear_forward",
+        "linear_backward_params",
         "add_broadcast",
-        "sum_broadcast",
         "prepend_cls_forward",
         "prepend_cls_backward",
         "layernorm_forward",
@@ -754,15 +784,20 @@ mod tests {
             );
             let shares: f64 = rows.iter().map(|r| r.share).sum();
             assert!((shares - 1.0).abs() < 1e-9, "shares add up to {shares}");
-            // FLOPs are counted for GEMMs and attention only, and the GEMM shape classes
-            // add up to the GEMM row.
+            // FLOPs are counted for GEMMs, linear layers and attention only, and the GEMM
+            // shape classes add up to the GEMM and linear rows.
+            let with_gemm = |op: &str| op == "gemm" || op.starts_with("linear_");
             for r in &rows {
-                let counted = r.op == "gemm" || r.op.contains("attention");
+                let counted = with_gemm(&r.op) || r.op.contains("attention");
                 assert_eq!(r.tflops.is_some(), counted, "{}", r.op);
             }
-            let gemm = rows.iter().find(|r| r.op == "gemm").unwrap();
+            let gemm_calls: u64 = rows
+                .iter()
+                .filter(|r| with_gemm(&r.op))
+                .map(|r| r.calls)
+                .sum();
             let shapes = profile.gemm_shapes();
-            assert_eq!(shapes.iter().map(|r| r.calls).sum::<u64>(), gemm.calls);
+            assert_eq!(shapes.iter().map(|r| r.calls).sum::<u64>(), gemm_calls);
             assert!(shapes.iter().all(|r| r.op.starts_with("gemm m=")));
         }
     }

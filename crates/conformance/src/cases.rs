@@ -7,7 +7,7 @@
 //! directly. `scale`-like fields set the magnitude of the generated values.
 
 use cim_spec::backend::{
-    AttentionArgs, ConvTransposeArgs, GemmArgs, MapLossArgs, PatchArgs, XcorrArgs,
+    AttentionArgs, ConvTransposeArgs, GemmArgs, LinearArgs, MapLossArgs, PatchArgs, XcorrArgs,
 };
 use cim_spec::loss::MapLoss;
 
@@ -89,6 +89,33 @@ impl GemmCase {
             stride_a: self.a_layout.stride(m * k),
             stride_b: self.b_layout.stride(k * n),
             stride_c: m * n + self.c_gap,
+        }
+    }
+}
+
+/// A linear layer's forward or parameter gradients (`linear_forward`,
+/// `linear_backward_params`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearCase {
+    /// Seed of the inputs.
+    pub seed: u64,
+    /// Vectors the layer is applied to (0 is legal).
+    pub rows: usize,
+    /// Input features (0 is legal: `y = bias`).
+    pub inp: usize,
+    /// Output features.
+    pub out: usize,
+    /// Magnitude of the entries of x, W and dy.
+    pub scale: f32,
+}
+
+impl LinearCase {
+    /// The op's arguments.
+    pub fn args(&self) -> LinearArgs {
+        LinearArgs {
+            rows: self.rows,
+            inp: self.inp,
+            out: self.out,
         }
     }
 }

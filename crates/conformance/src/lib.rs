@@ -52,6 +52,10 @@ macro_rules! __conformance_properties {
         $crate::$callback! {
             { $($extra)* }
             gemm => $crate::strategies::gemm_cases(), $crate::checks::gemm_case;
+            linear_forward => $crate::strategies::linear_cases(),
+                $crate::checks::linear_forward_case;
+            linear_backward_params => $crate::strategies::linear_cases(),
+                $crate::checks::linear_backward_params_case;
             add_assign => $crate::strategies::vector_cases(), $crate::checks::add_assign_case;
             scale => $crate::strategies::scale_cases(), $crate::checks::scale_case;
             add_broadcast => $crate::strategies::broadcast_cases(),

@@ -15,8 +15,8 @@ use proptest::sample::select;
 
 use crate::cases::{
     AdamWCase, AttentionCase, BroadcastCase, ClipCase, ConvTransposeCase, EmaCase, GemmCase,
-    LayerNormCase, Layout, MapLossCase, MeanPoolCase, PatchifyCase, PrependClsCase, RepeatCase,
-    ScaleCase, UpsampleCase, VectorCase, XcorrCase,
+    LayerNormCase, Layout, LinearCase, MapLossCase, MeanPoolCase, PatchifyCase, PrependClsCase,
+    RepeatCase, ScaleCase, UpsampleCase, VectorCase, XcorrCase,
 };
 
 /// A size in `1..=max`, with 1, 3, 7, 17 and 33 (those not above `max`) drawn often.
@@ -55,6 +55,25 @@ fn layout() -> impl Strategy<Value = Layout> {
         1 => Just(Layout::Broadcast),
         1 => (1usize..=5).prop_map(Layout::Padded),
     ]
+}
+
+/// Linear layers: rows up to 70 (0 sometimes, often a size that divides nothing: 1, 3,
+/// 7, 17, 33), inputs up to 40 (0 sometimes), outputs up to 40.
+pub fn linear_cases() -> impl Strategy<Value = LinearCase> {
+    (
+        any::<u64>(),
+        size_or_zero(70),
+        size_or_zero(40),
+        size(40),
+        value_scale(),
+    )
+        .prop_map(|(seed, rows, inp, out, scale)| LinearCase {
+            seed,
+            rows,
+            inp,
+            out,
+            scale,
+        })
 }
 
 /// Batched GEMMs: batch 0 to 3, m and n up to 40, k up to 40 (0 sometimes), both

@@ -12,8 +12,8 @@ use std::ops::Range;
 use cim_reference::Reference;
 use cim_spec::backend::{
     AdamWArgs, Attention, AttentionArgs, Backend, Conv, ConvTransposeArgs, Elementwise, Gemm,
-    GemmArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role, Tokens,
-    XcorrArgs,
+    GemmArgs, LinearArgs, MapLossArgs, MapLossOps, Memory, Norm, Optim, PatchArgs, Precision, Role,
+    Tokens, XcorrArgs, linear_backward_params_separate, linear_forward_separate,
 };
 use cim_spec::error::HostError;
 use cim_spec::loss::{self, MapLoss};
@@ -33,6 +33,11 @@ enum Fault {
     GemmFlipsTransB,
     /// `sum_broadcast` writes `dv` instead of accumulating into it.
     SumBroadcastWrites,
+    /// `linear_forward` leaves the bias out (a fused GEMM without its epilogue).
+    LinearForwardSkipsBias,
+    /// `linear_backward_params` writes `dbias` (as a bias-gradient epilogue writes its
+    /// vector) instead of accumulating into it.
+    LinearBiasGradientWrites,
     /// The largest element of LayerNorm's output is off by 1e-3 relative.
     LayerNormForwardError,
     /// `layernorm_backward` writes `dgamma` instead of accumulating into it.
@@ -878,6 +883,32 @@ impl Backend for Perturbed {
     fn precision(&self) -> Precision {
         Precision::F32
     }
+    fn linear_forward(
+        &self,
+        y: &mut [f64],
+        x: &[f64],
+        weight: &[f64],
+        bias: &[f64],
+        args: &LinearArgs,
+    ) -> Result<(), HostError> {
+        if self.fault == Fault::LinearForwardSkipsBias {
+            return self.gemm(y, x, weight, &args.forward_gemm());
+        }
+        linear_forward_separate(self, y, x, weight, bias, args)
+    }
+    fn linear_backward_params(
+        &self,
+        dweight: &mut [f64],
+        dbias: &mut [f64],
+        dy: &[f64],
+        x: &[f64],
+        args: &LinearArgs,
+    ) -> Result<(), HostError> {
+        if self.fault == Fault::LinearBiasGradientWrites {
+            dbias.fill(0.0);
+        }
+        linear_backward_params_separate(self, dweight, dbias, dy, x, args)
+    }
 }
 
 /// Runs every property of the suite on the faulty backend (fixed proptest seed) and
@@ -941,8 +972,17 @@ fn a_one_pass_variance_is_caught() {
 
 #[test]
 fn a_relative_gemm_error_of_1e_4_is_caught() {
-    // The NaN check compares its finite GEMM outputs with the reference as well.
-    assert_fails_exactly(Fault::GemmRelativeError, &["gemm", "nan_propagation"]);
+    // The NaN check compares its finite GEMM outputs with the reference as well, and the
+    // linear ops' provided methods run the faulty GEMM.
+    assert_fails_exactly(
+        Fault::GemmRelativeError,
+        &[
+            "gemm",
+            "linear_forward",
+            "linear_backward_params",
+            "nan_propagation",
+        ],
+    );
     let case = GemmCase {
         seed: 1,
         batch: 1,
@@ -975,12 +1015,30 @@ fn a_relative_gemm_error_of_1e_4_is_caught() {
 
 #[test]
 fn a_flipped_transpose_is_caught() {
-    assert_fails_exactly(Fault::GemmFlipsTransB, &["gemm", "nan_propagation"]);
+    assert_fails_exactly(
+        Fault::GemmFlipsTransB,
+        &[
+            "gemm",
+            "linear_forward",
+            "linear_backward_params",
+            "nan_propagation",
+        ],
+    );
+}
+
+#[test]
+fn linear_layer_faults_are_caught() {
+    assert_fails_exactly(Fault::LinearForwardSkipsBias, &["linear_forward"]);
+    assert_fails_exactly(Fault::LinearBiasGradientWrites, &["linear_backward_params"]);
 }
 
 #[test]
 fn writing_instead_of_accumulating_is_caught() {
-    assert_fails_exactly(Fault::SumBroadcastWrites, &["sum_broadcast"]);
+    // The linear layer's provided bias gradient is a sum_broadcast.
+    assert_fails_exactly(
+        Fault::SumBroadcastWrites,
+        &["sum_broadcast", "linear_backward_params"],
+    );
     let case = BroadcastCase {
         seed: 3,
         outer: 2,

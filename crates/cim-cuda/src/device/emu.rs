@@ -1,12 +1,16 @@
 //! The host emulator: kernels are the same `.cu` sources compiled by the C++ compiler
 //! against `emu/cuda_emu.h` (threads as fibers, see there), memory is host memory, and the
 //! GEMM is a plain loop with cuBLAS's column-major meaning (f32 accumulation of f32, TF32
-//! or bf16 inputs, as the GPU's tensor cores take them). Slow, exact about barriers and
-//! launch shapes, and available everywhere.
+//! or bf16 inputs, as the GPU's tensor cores take them), and its epilogues cuBLASLt's (the
+//! bias added to the finished f32 result; the bias gradient summed in f32 from B's
+//! elements as the multiplier sees them). Slow, exact about barriers and launch shapes,
+//! and available everywhere.
 
 use core::ffi::{c_char, c_int, c_void};
 
-use crate::device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
+use crate::device::{
+    BiasEpilogue, ColumnMajorGemm, Device, Epilogue, GemmConfig, GemmInput, GemmMath, LaunchDims,
+};
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams};
 
@@ -27,9 +31,20 @@ unsafe extern "C" {
 }
 
 /// The emulated device. Launches from different threads are independent.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Emulator {
-    pub(crate) gemm: GemmMath,
+    config: GemmConfig,
+    name: String,
+}
+
+impl Emulator {
+    /// An emulated device whose GEMMs follow `config`.
+    pub(crate) fn new(config: GemmConfig) -> Self {
+        Emulator {
+            config,
+            name: format!("cuda-emulated{}", config.suffix()),
+        }
+    }
 }
 
 /// `x` rounded to TF32 (10 mantissa bits, to nearest, ties away from zero), as tensor
@@ -74,16 +89,15 @@ impl Device for Emulator {
     }
 
     fn name(&self) -> &str {
-        match self.gemm {
-            GemmMath::F32 => "cuda-emulated",
-            GemmMath::Tf32 => "cuda-emulated-tf32",
-            GemmMath::Bf16 => "cuda-emulated-bf16",
-            GemmMath::Bf16Fused => "cuda-emulated-bf16-fused",
-        }
+        &self.name
     }
 
     fn gemm_math(&self) -> GemmMath {
-        self.gemm
+        self.config.math
+    }
+
+    fn bias_epilogue(&self) -> BiasEpilogue {
+        self.config.bias
     }
 
     /// The H100's (sm_90) limit, the card the emulator stands in for.
@@ -147,8 +161,13 @@ impl Device for Emulator {
     }
 
     unsafe fn gemm(&self, g: &ColumnMajorGemm) -> Result<(), CudaError> {
+        if g.epilogue != Epilogue::None && g.batch != 1 {
+            return Err(CudaError::invalid(format!(
+                "a GEMM epilogue needs batch 1, got {g:?}"
+            )));
+        }
         let c = g.c as *mut f32;
-        let f32_input = match self.gemm {
+        let f32_input = match self.config.math {
             GemmMath::Tf32 => round_to_tf32,
             GemmMath::Bf16Fused => round_to_bf16,
             GemmMath::F32 | GemmMath::Bf16 => |x: f32| x,
@@ -193,8 +212,28 @@ impl Device for Emulator {
                         } else {
                             g.alpha * sum + g.beta * *out
                         };
+                        if let Epilogue::Bias(bias) = g.epilogue {
+                            *out += *(bias as *const f32).add(i);
+                        }
                     }
                 }
+            }
+        }
+        if let Epilogue::BiasGradientB(grad) = g.epilogue {
+            for j in 0..g.n {
+                let mut sum = 0.0f32;
+                for p in 0..g.k {
+                    sum += load(
+                        g.b,
+                        if g.trans_b {
+                            j + p * g.ldb
+                        } else {
+                            p + j * g.ldb
+                        },
+                    );
+                }
+                // SAFETY: the caller guarantees the vector holds `n` f32 elements.
+                unsafe { *(grad as *mut f32).add(j) = sum };
             }
         }
         Ok(())

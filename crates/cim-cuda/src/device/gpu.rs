@@ -1,13 +1,15 @@
 //! The GPU: cudarc's driver API on one stream of one device, kernels compiled by NVRTC
 //! for the device's own architecture on first use (then kept per module), GEMMs through
 //! cuBLAS (SGEMM for f32 inputs, GemmEx with bf16 inputs and f32 accumulation on tensor
-//! cores for [`GemmMath::Bf16`]). CUDA libraries are loaded at run time; their absence is
-//! an error that says which library is missing, never a panic.
+//! cores for [`GemmMath::Bf16`]), and GEMMs with a bias epilogue through cuBLASLt
+//! ([`BiasEpilogue::Fused`] only; see [`Lt`]). CUDA libraries are loaded at run time;
+//! their absence is an error that says which library is missing, never a panic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas;
+use cudarc::cublaslt;
 use cudarc::driver::result as driver;
 use cudarc::driver::sys::{
     CUdevice_attribute, CUdeviceptr, CUfunction, CUfunction_attribute, cudaError_enum,
@@ -15,7 +17,8 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaContext, CudaModule, CudaStream, DriverError};
 
 use crate::device::{
-    ColumnMajorGemm, DEFAULT_SHARED_BYTES, Device, GemmInput, GemmMath, LaunchDims,
+    BiasEpilogue, ColumnMajorGemm, DEFAULT_SHARED_BYTES, Device, Epilogue, GemmConfig, GemmInput,
+    GemmMath, LaunchDims,
 };
 use crate::error::CudaError;
 use crate::ops::{Kernel, KernelParams, compile_module};
@@ -60,7 +63,9 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: cublas::sys::cublasHandle_t,
-    gemm: GemmMath,
+    /// cuBLASLt, opened only with [`BiasEpilogue::Fused`].
+    lt: Option<Lt>,
+    config: GemmConfig,
     arch: &'static str,
     name: String,
     /// The name without the ordinal: what ranks on different GPUs must agree on.
@@ -70,7 +75,7 @@ pub struct Gpu {
     max_shared_bytes: usize,
 }
 
-// SAFETY: the raw handles (cuBLAS handle, CUfunction) are used only through `&self` methods
+// SAFETY: the raw handles (cuBLAS and cuBLASLt handles, descriptors, CUfunction) are used only through `&self` methods
 // that bind the context first; CUDA's driver API and cuBLAS handles may be used from any
 // thread, one call at a time, which the mutexes and single stream give.
 unsafe impl Send for Gpu {}
@@ -78,8 +83,10 @@ unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
 impl Gpu {
-    /// Opens GPU `ordinal`: context, stream, cuBLAS handle with `gemm`'s math mode.
-    pub fn new(ordinal: usize, gemm: GemmMath) -> Result<Self, CudaError> {
+    /// Opens GPU `ordinal`: context, stream, cuBLAS handle with `config`'s math mode, and
+    /// with fused bias epilogues a cuBLASLt handle and its workspace.
+    pub fn new(ordinal: usize, config: GemmConfig) -> Result<Self, CudaError> {
+        let gemm = config.math;
         if let Some(reason) = gpu_unavailable_reason() {
             return Err(CudaError::device(format!("no usable GPU: {reason}")));
         }
@@ -119,19 +126,28 @@ impl Gpu {
         // NVRTC takes the architecture as &'static str; one short string per opened GPU.
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let model = format!(
-            "{name}, {arch}{}",
+            "{name}, {arch}{}{}",
             match gemm {
                 GemmMath::F32 => "",
                 GemmMath::Tf32 => ", tf32",
                 GemmMath::Bf16 => ", bf16",
                 GemmMath::Bf16Fused => ", bf16-fused",
+            },
+            match config.bias {
+                BiasEpilogue::Separate => "",
+                BiasEpilogue::Fused => ", epilogues",
             }
         );
+        let lt = match config.bias {
+            BiasEpilogue::Separate => None,
+            BiasEpilogue::Fused => Some(Lt::new(&ctx)?),
+        };
         Ok(Gpu {
             ctx,
             stream,
             blas,
-            gemm,
+            lt,
+            config,
             arch,
             name: format!("cuda:{ordinal} ({model})"),
             model,
@@ -249,7 +265,11 @@ impl Device for Gpu {
     }
 
     fn gemm_math(&self) -> GemmMath {
-        self.gemm
+        self.config.math
+    }
+
+    fn bias_epilogue(&self) -> BiasEpilogue {
+        self.config.bias
     }
 
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
@@ -314,6 +334,15 @@ impl Device for Gpu {
         use cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         use cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
         self.bind()?;
+        if g.epilogue != Epilogue::None {
+            let Some(lt) = &self.lt else {
+                return Err(CudaError::invalid(format!(
+                    "a GEMM epilogue without cuBLASLt (CIM_CUDA_EPILOGUES=1 opens it): {g:?}"
+                )));
+            };
+            // SAFETY: the caller's guarantee, passed on.
+            return unsafe { lt.matmul(g, self.config.math, &self.stream) };
+        }
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let (m, n, k) = (to_i32(g.m, "m")?, to_i32(g.n, "n")?, to_i32(g.k, "k")?);
         let (lda, ldb, ldc) = (
@@ -327,7 +356,7 @@ impl Device for Gpu {
         // Plain f32 products (or TF32 by the handle's math mode) are SGEMM; bf16 products
         // are GemmEx with f32 accumulation, on operands the backend rounded to bf16 or on
         // f32 operands cuBLAS rounds itself (FAST_16BF).
-        let ex = match (g.input, self.gemm) {
+        let ex = match (g.input, self.config.math) {
             (GemmInput::Bf16, _) => Some((
                 cudaDataType::CUDA_R_16BF,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -405,5 +434,328 @@ impl Device for Gpu {
         self.stream
             .synchronize()
             .map_err(|e| driver_error("running queued work", e))
+    }
+}
+
+/// Bytes of cuBLASLt's workspace, allocated once (NVIDIA suggests 32 MiB on Hopper).
+const LT_WORKSPACE_BYTES: usize = 32 << 20;
+
+fn lt_error(call: &str, e: cublaslt::result::CublasError) -> CudaError {
+    CudaError::launch(format!("{call}: {e:?}"))
+}
+
+/// cuBLASLt for GEMMs with an epilogue: one handle, a workspace allocated once, and per
+/// shape a [`LtPlan`] (descriptors and the heuristic's algorithm), built on first use.
+/// The bias pointer is the only attribute set per call.
+struct Lt {
+    handle: cublaslt::sys::cublasLtHandle_t,
+    workspace: GpuAlloc,
+    plans: Mutex<HashMap<LtKey, LtPlan>>,
+}
+
+/// What a plan depends on: the call's shape and types, the epilogue, and the alignment
+/// of A, B and C (the heuristic may pick kernels that assume it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct LtKey {
+    input: GemmInput,
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    bias_gradient: bool,
+    align: [u32; 3],
+}
+
+/// The descriptors of one shape (destroyed on drop) and its algorithm.
+struct LtPlan {
+    desc: cublaslt::sys::cublasLtMatmulDesc_t,
+    layouts: [cublaslt::sys::cublasLtMatrixLayout_t; 3],
+    algo: cublaslt::sys::cublasLtMatmulAlgo_t,
+}
+
+/// The largest power of two up to 256 dividing the address (cuBLASLt's alignment unit).
+fn alignment(ptr: u64) -> u32 {
+    1 << ptr.trailing_zeros().min(8)
+}
+
+/// Sets one attribute of a matmul descriptor to `value`.
+///
+/// # Safety
+/// `desc` is live and `T` is the attribute's type.
+unsafe fn set_desc<T>(
+    desc: cublaslt::sys::cublasLtMatmulDesc_t,
+    attr: cublaslt::sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<(), CudaError> {
+    // SAFETY: the caller's guarantee; `value` is read for its size only.
+    unsafe {
+        cublaslt::result::set_matmul_desc_attribute(
+            desc,
+            attr,
+            (value as *const T).cast(),
+            size_of::<T>(),
+        )
+    }
+    .map_err(|e| lt_error(&format!("cublasLtMatmulDescSetAttribute({attr:?})"), e))
+}
+
+/// Sets one attribute of a matmul preference to `value`.
+///
+/// # Safety
+/// `pref` is live and `T` is the attribute's type.
+unsafe fn set_pref<T>(
+    pref: cublaslt::sys::cublasLtMatmulPreference_t,
+    attr: cublaslt::sys::cublasLtMatmulPreferenceAttributes_t,
+    value: &T,
+) -> Result<(), CudaError> {
+    // SAFETY: the caller's guarantee; `value` is read for its size only.
+    unsafe {
+        cublaslt::result::set_matmul_pref_attribute(
+            pref,
+            attr,
+            (value as *const T).cast(),
+            size_of::<T>(),
+        )
+    }
+    .map_err(|e| {
+        lt_error(
+            &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
+            e,
+        )
+    })
+}
+
+impl Lt {
+    fn new(ctx: &Arc<CudaContext>) -> Result<Self, CudaError> {
+        // SAFETY: this only tries to dlopen the library by its soname.
+        if !unsafe { cublaslt::sys::is_culib_present() } {
+            return Err(CudaError::device(
+                "libcublasLt.so.13 was not found on the library path (CIM_CUDA_EPILOGUES=1 needs it)",
+            ));
+        }
+        ctx.bind_to_thread()
+            .map_err(|e| driver_error("binding the context", e))?;
+        let handle =
+            cublaslt::result::create_handle().map_err(|e| lt_error("cublasLtCreate", e))?;
+        // SAFETY: a plain allocation in the bound context.
+        let workspace = match unsafe { driver::malloc_sync(LT_WORKSPACE_BYTES) } {
+            Ok(ptr) => GpuAlloc {
+                ptr,
+                ctx: ctx.clone(),
+            },
+            Err(e) => {
+                // SAFETY: the handle was just created and is not used elsewhere.
+                let _ = unsafe { cublaslt::result::destroy_handle(handle) };
+                return Err(driver_error("allocating the cuBLASLt workspace", e));
+            }
+        };
+        Ok(Lt {
+            handle,
+            workspace,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `g` (batch 1, with an epilogue) on `stream`.
+    ///
+    /// # Safety
+    /// As [`Device::gemm`].
+    unsafe fn matmul(
+        &self,
+        g: &ColumnMajorGemm,
+        math: GemmMath,
+        stream: &CudaStream,
+    ) -> Result<(), CudaError> {
+        use cublaslt::sys::cublasLtMatmulDescAttributes_t as Attr;
+        let (vector, bias_gradient) = match g.epilogue {
+            Epilogue::Bias(ptr) => (ptr, false),
+            Epilogue::BiasGradientB(ptr) => (ptr, true),
+            Epilogue::None => return Err(CudaError::invalid("cuBLASLt runs epilogues only")),
+        };
+        if g.batch != 1 {
+            return Err(CudaError::invalid(format!(
+                "a GEMM epilogue needs batch 1, got {g:?}"
+            )));
+        }
+        let key = LtKey {
+            input: g.input,
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            lda: g.lda,
+            ldb: g.ldb,
+            ldc: g.ldc,
+            bias_gradient,
+            align: [alignment(g.a), alignment(g.b), alignment(g.c)],
+        };
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(&key, math)?),
+        };
+        // SAFETY: the plan's descriptor is live; the attribute is a device pointer.
+        unsafe { set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector)? };
+        let [a, b, c] = plan.layouts;
+        // SAFETY: the caller guarantees A, B, C and the vector; C is also D (same layout,
+        // in place, as cuBLASLt allows); alpha and beta are host f32 (the default pointer
+        // mode, f32 scale type); the workspace is ours and as large as the plan allows.
+        unsafe {
+            cublaslt::result::matmul(
+                self.handle,
+                plan.desc,
+                (&g.alpha as *const f32).cast(),
+                (&g.beta as *const f32).cast(),
+                g.a as *const core::ffi::c_void,
+                a,
+                g.b as *const core::ffi::c_void,
+                b,
+                g.c as *const core::ffi::c_void,
+                c,
+                g.c as *mut core::ffi::c_void,
+                c,
+                &plan.algo,
+                self.workspace.ptr as *mut core::ffi::c_void,
+                LT_WORKSPACE_BYTES,
+                stream.cu_stream() as _,
+            )
+        }
+        .map_err(|e| lt_error(&format!("cublasLtMatmul {g:?}"), e))
+    }
+
+    /// Descriptors and algorithm for `key` in `math` (compute types as cuBLAS's: f32
+    /// pedantic, TF32, f32 on bf16 operands, or bf16 rounding inside the GEMM).
+    fn plan(&self, key: &LtKey, math: GemmMath) -> Result<LtPlan, CudaError> {
+        use cublaslt::sys::cublasComputeType_t as Compute;
+        use cublaslt::sys::cublasLtEpilogue_t as Kind;
+        use cublaslt::sys::cublasLtMatmulDescAttributes_t as Attr;
+        use cublaslt::sys::cublasLtMatmulPreferenceAttributes_t as Pref;
+        use cublaslt::sys::cudaDataType as Type;
+        let (input, compute) = match (key.input, math) {
+            (GemmInput::Bf16, _) | (_, GemmMath::Bf16) => {
+                (Type::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F)
+            }
+            (GemmInput::F32, GemmMath::F32) => {
+                (Type::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_PEDANTIC)
+            }
+            (GemmInput::F32, GemmMath::Tf32) => {
+                (Type::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_TF32)
+            }
+            (GemmInput::F32, GemmMath::Bf16Fused) => {
+                (Type::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F_FAST_16BF)
+            }
+        };
+        let desc = cublaslt::result::create_matmul_desc(compute, Type::CUDA_R_32F)
+            .map_err(|e| lt_error("cublasLtMatmulDescCreate", e))?;
+        let mut plan = LtPlan {
+            desc,
+            layouts: [core::ptr::null_mut(); 3],
+            algo: cublaslt::sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
+        let op = |t: bool| i32::from(t);
+        let epilogue = if key.bias_gradient {
+            Kind::CUBLASLT_EPILOGUE_BGRADB
+        } else {
+            Kind::CUBLASLT_EPILOGUE_BIAS
+        };
+        // SAFETY: the descriptor is live; each value has its attribute's type (int32
+        // operations, the epilogue enum, the bias's cudaDataType).
+        unsafe {
+            set_desc(desc, Attr::CUBLASLT_MATMUL_DESC_TRANSA, &op(key.trans_a))?;
+            set_desc(desc, Attr::CUBLASLT_MATMUL_DESC_TRANSB, &op(key.trans_b))?;
+            set_desc(desc, Attr::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+            set_desc(
+                desc,
+                Attr::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                &Type::CUDA_R_32F,
+            )?;
+        }
+        // Stored shapes: A is [m, k] ([k, m] when transposed), B [k, n] ([n, k]), C [m, n].
+        let stored =
+            |t: bool, rows: usize, cols: usize| if t { (cols, rows) } else { (rows, cols) };
+        let shapes = [
+            (input, stored(key.trans_a, key.m, key.k), key.lda),
+            (input, stored(key.trans_b, key.k, key.n), key.ldb),
+            (Type::CUDA_R_32F, (key.m, key.n), key.ldc),
+        ];
+        for (slot, (ty, (rows, cols), ld)) in plan.layouts.iter_mut().zip(shapes) {
+            *slot = cublaslt::result::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
+                .map_err(|e| lt_error("cublasLtMatrixLayoutCreate", e))?;
+        }
+        let pref = cublaslt::result::create_matmul_pref()
+            .map_err(|e| lt_error("cublasLtMatmulPreferenceCreate", e))?;
+        let search = || -> Result<cublaslt::sys::cublasLtMatmulHeuristicResult_t, CudaError> {
+            let alignments = [
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    key.align[0],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    key.align[1],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    key.align[2],
+                ),
+                (
+                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    key.align[2],
+                ),
+            ];
+            let workspace = LT_WORKSPACE_BYTES as u64;
+            let [a, b, c] = plan.layouts;
+            // SAFETY: the preference and every descriptor are live; the workspace size is
+            // a uint64, the alignments uint32.
+            unsafe {
+                set_pref(
+                    pref,
+                    Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &workspace,
+                )?;
+                for (attr, bytes) in alignments {
+                    set_pref(pref, attr, &bytes)?;
+                }
+                cublaslt::result::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
+            }
+            .map_err(|e| lt_error(&format!("cublasLtMatmulAlgoGetHeuristic {key:?}"), e))
+        };
+        let heuristic = search();
+        // SAFETY: created above, used by nothing else.
+        let _ = unsafe { cublaslt::result::destroy_matmul_pref(pref) };
+        plan.algo = heuristic?.algo;
+        Ok(plan)
+    }
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: the descriptors are ours (null ones were never created) and no call
+        // using them is being queued.
+        unsafe {
+            for layout in self.layouts {
+                if !layout.is_null() {
+                    let _ = cublaslt::result::destroy_matrix_layout(layout);
+                }
+            }
+            let _ = cublaslt::result::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        self.plans
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        // SAFETY: the handle is ours and its plans are gone.
+        let _ = unsafe { cublaslt::result::destroy_handle(self.handle) };
     }
 }

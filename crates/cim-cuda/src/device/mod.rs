@@ -3,7 +3,8 @@
 //!
 //! A device moves bytes, launches kernels by handle with one parameter struct, and runs
 //! column-major strided-batched GEMMs (f32 or bf16 inputs, f32 output) with cuBLAS's exact
-//! argument meaning, so the row-major mapping in `ops::gemm` is the same code on both.
+//! argument meaning, optionally with a bias or bias-gradient epilogue with cuBLASLt's
+//! meaning, so the row-major mapping in `ops::gemm` is the same code on both.
 
 pub(crate) mod emu;
 pub(crate) mod gpu;
@@ -60,8 +61,94 @@ impl GemmMath {
     }
 }
 
+/// Whether the linear layers' bias work runs inside their GEMMs (issue 6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BiasEpilogue {
+    /// A GEMM, then the bias add (forward) or the bias-gradient reduction (backward) as a
+    /// kernel of ours: the contract's provided composition.
+    #[default]
+    Separate,
+    /// The bias inside the GEMM: cuBLASLt's `CUBLASLT_EPILOGUE_BIAS` adds it to the
+    /// product (saving a read and a write of the `[tokens, out]` output), and
+    /// `CUBLASLT_EPILOGUE_BGRADB` sums the output gradient inside the weight-gradient GEMM
+    /// (saving a read of it). Never the GELU epilogues: cuBLASLt's GELU is the tanh
+    /// approximation, not S3's erf GELU. Off by default until the H100 bench shows a gain.
+    Fused,
+}
+
+impl BiasEpilogue {
+    /// From `CIM_CUDA_EPILOGUES` (`0`, the default, or `1`); a message naming a bad value.
+    pub fn from_env() -> Result<Self, CudaError> {
+        match std::env::var("CIM_CUDA_EPILOGUES").as_deref() {
+            Err(_) | Ok("0") => Ok(BiasEpilogue::Separate),
+            Ok("1") => Ok(BiasEpilogue::Fused),
+            Ok(other) => Err(CudaError::invalid(format!(
+                "CIM_CUDA_EPILOGUES={other:?}: expected 0 or 1"
+            ))),
+        }
+    }
+}
+
+/// How the backend runs its GEMMs: the math, and whether bias work is fused into them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GemmConfig {
+    /// How inputs are rounded.
+    pub math: GemmMath,
+    /// Where the linear layers' bias work runs.
+    pub bias: BiasEpilogue,
+}
+
+impl GemmConfig {
+    /// From `CIM_CUDA_GEMM` and `CIM_CUDA_EPILOGUES`.
+    pub fn from_env() -> Result<Self, CudaError> {
+        Ok(GemmConfig {
+            math: GemmMath::from_env()?,
+            bias: BiasEpilogue::from_env()?,
+        })
+    }
+
+    /// What names of backends and cards append: `""`, `"-bf16"`, `"-bf16+epilogues"`...
+    pub fn suffix(self) -> String {
+        let math = match self.math {
+            GemmMath::F32 => "",
+            GemmMath::Tf32 => "-tf32",
+            GemmMath::Bf16 => "-bf16",
+            GemmMath::Bf16Fused => "-bf16-fused",
+        };
+        let bias = match self.bias {
+            BiasEpilogue::Separate => "",
+            BiasEpilogue::Fused => "+epilogues",
+        };
+        format!("{math}{bias}")
+    }
+}
+
+impl From<GemmMath> for GemmConfig {
+    fn from(math: GemmMath) -> Self {
+        GemmConfig {
+            math,
+            bias: BiasEpilogue::Separate,
+        }
+    }
+}
+
+/// Work a GEMM does after the product, in column-major terms (cuBLASLt's epilogues).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Epilogue {
+    /// None: `C = alpha op(A) op(B) + beta C`.
+    #[default]
+    None,
+    /// `CUBLASLT_EPILOGUE_BIAS`: then `C[i, j] += bias[i]`, the f32 vector at this address
+    /// holding one value per row of C (`m`).
+    Bias(u64),
+    /// `CUBLASLT_EPILOGUE_BGRADB`: also writes `grad[j] = sum_p op(B)[p, j]` (the sum over
+    /// the inner dimension of B as the multiplier sees it), the f32 vector at this address
+    /// holding one value per column of C (`n`).
+    BiasGradientB(u64),
+}
+
 /// The element type of a GEMM's A and B in device memory (C is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmInput {
     /// f32, multiplied as the device's [`GemmMath`] says (f32, or rounded to TF32 or to
     /// bf16 inside the GEMM).
@@ -152,8 +239,10 @@ pub struct ColumnMajorGemm {
     pub ldc: usize,
     /// Elements between C matrices.
     pub stride_c: usize,
-    /// Number of products.
+    /// Number of products (1 when there is an epilogue).
     pub batch: usize,
+    /// Work after the product.
+    pub epilogue: Epilogue,
 }
 
 /// Shared memory every CUDA device grants a block without opting in.
@@ -173,6 +262,8 @@ pub trait Device: 'static {
     fn name(&self) -> &str;
     /// How its GEMMs round their inputs.
     fn gemm_math(&self) -> GemmMath;
+    /// Whether the backend fuses the linear layers' bias work into GEMMs.
+    fn bias_epilogue(&self) -> BiasEpilogue;
     /// The most dynamic shared memory one block may opt into (227 KiB on sm_90, 163 KiB on
     /// sm_80, 99 KiB on sm_86/89); launches above [`DEFAULT_SHARED_BYTES`] opt in.
     fn max_shared_bytes(&self) -> usize;
@@ -203,10 +294,11 @@ pub trait Device: 'static {
         dims: LaunchDims,
         params: &P,
     ) -> Result<(), CudaError>;
-    /// Runs a column-major strided-batched GEMM.
+    /// Runs a column-major strided-batched GEMM and its epilogue.
     ///
     /// # Safety
-    /// Every matrix the arguments describe lies inside a live allocation of this device.
+    /// Every matrix the arguments describe lies inside a live allocation of this device,
+    /// and so does the epilogue's vector.
     unsafe fn gemm(&self, args: &ColumnMajorGemm) -> Result<(), CudaError>;
     /// Waits for all queued work; reports what failed.
     fn synchronize(&self) -> Result<(), CudaError>;

@@ -13,7 +13,7 @@ use crate::error::CudaError;
 mod attention;
 mod conv;
 pub(crate) mod elementwise;
-mod gemm;
+pub(crate) mod gemm;
 mod loss;
 mod norm;
 mod optim;

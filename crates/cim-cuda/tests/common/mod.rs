@@ -2,7 +2,7 @@
 //! without a usable GPU, `None` after printing why; `CIM_REQUIRE_GPU=1` turns the absence
 //! into a failure (set on the GPU test machine).
 
-use cim_cuda::{Cuda, GemmMath, Gpu, gpu_unavailable_reason};
+use cim_cuda::{Cuda, GemmConfig, Gpu, gpu_unavailable_reason};
 
 pub fn gpu_or_skip() -> Option<Cuda<Gpu>> {
     let required = std::env::var("CIM_REQUIRE_GPU").is_ok_and(|v| v == "1");
@@ -11,6 +11,6 @@ pub fn gpu_or_skip() -> Option<Cuda<Gpu>> {
         eprintln!("skipped: {reason}");
         return None;
     }
-    let gemm = GemmMath::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let gemm = GemmConfig::from_env().unwrap_or_else(|e| panic!("{e}"));
     Some(Cuda::gpu_with(0, gemm).unwrap_or_else(|e| panic!("opening GPU 0: {e}")))
 }

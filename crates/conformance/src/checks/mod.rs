@@ -31,7 +31,7 @@ pub use elementwise::{
     add_assign_case, add_broadcast_case, gelu_backward_case, gelu_forward_case,
     repeat_backward_case, repeat_forward_case, scale_case, sum_broadcast_case,
 };
-pub use gemm::gemm_case;
+pub use gemm::{gemm_case, linear_backward_params_case, linear_forward_case};
 pub use loss::{map_loss_backward_case, map_loss_forward_case};
 pub use nan::nan_propagation;
 pub use norm::{layernorm_backward_case, layernorm_forward_case};

@@ -10,11 +10,20 @@
 //! by `kernels.cu` into the backend's scratch (sized once, grown rarely), and the device
 //! multiplies those: on the GPU with tensor cores, in the emulator with the same loop as
 //! for f32, so the emulator's results model the GPU's.
+//!
+//! The linear layers' two composite ops fuse their bias work into the GEMM when the
+//! device says [`BiasEpilogue::Fused`] (issue 6): the same column-major call with a
+//! cuBLASLt epilogue, which the emulator runs with the same meaning.
 
-use cim_spec::backend::{Elementwise, Gemm, GemmArgs};
+use cim_spec::backend::{
+    Elementwise, Gemm, GemmArgs, LinearArgs, linear_backward_params_separate,
+    linear_forward_separate,
+};
 
 use super::kernels::gemm as k;
-use crate::device::{ColumnMajorGemm, Device, GemmInput, GemmMath, LaunchDims};
+use crate::device::{
+    BiasEpilogue, ColumnMajorGemm, Device, Epilogue, GemmInput, GemmMath, LaunchDims,
+};
 use crate::error::CudaError;
 use crate::{Cuda, DeviceView, DeviceViewMut};
 
@@ -40,33 +49,107 @@ impl<D: Device> Gemm for Cuda<D> {
             // An empty sum: C = beta * C (cuBLAS's k = 0 behaviour is not documented).
             return empty_product(self, c, args);
         }
-        let call = ColumnMajorGemm {
-            input: GemmInput::F32,
-            trans_a: args.trans_b,
-            trans_b: args.trans_a,
-            m: n,
-            n: m,
-            k,
-            alpha: args.alpha,
-            a: b.ptr(),
-            lda: if args.trans_b { k } else { n },
-            stride_a: args.stride_b,
-            b: a.ptr(),
-            ldb: if args.trans_a { m } else { k },
-            stride_b: args.stride_a,
-            beta: args.beta,
-            c: c.ptr(),
-            ldc: n,
-            stride_c: args.stride_c,
-            batch,
-        };
-        if self.device.gemm_math() == GemmMath::Bf16 {
-            return gemm_in_bf16(self, call);
-        }
-        // SAFETY: the cim-spec wrapper checked that every batch's A, B and C lie inside the
-        // views, and the column-major description covers exactly those elements.
-        unsafe { self.device.gemm(&call) }
+        run(self, column_major(&c, &a, &b, args))
     }
+}
+
+/// The column-major call computing the row-major `C = op(A) op(B)` of `args` (see the
+/// module paragraph), without an epilogue.
+fn column_major(
+    c: &DeviceViewMut<'_>,
+    a: &DeviceView<'_>,
+    b: &DeviceView<'_>,
+    args: &GemmArgs,
+) -> ColumnMajorGemm {
+    let GemmArgs { batch, m, n, k, .. } = *args;
+    ColumnMajorGemm {
+        input: GemmInput::F32,
+        trans_a: args.trans_b,
+        trans_b: args.trans_a,
+        m: n,
+        n: m,
+        k,
+        alpha: args.alpha,
+        a: b.ptr(),
+        lda: if args.trans_b { k } else { n },
+        stride_a: args.stride_b,
+        b: a.ptr(),
+        ldb: if args.trans_a { m } else { k },
+        stride_b: args.stride_a,
+        beta: args.beta,
+        c: c.ptr(),
+        ldc: n,
+        stride_c: args.stride_c,
+        batch,
+        epilogue: Epilogue::None,
+    }
+}
+
+/// Runs a column-major call built from checked views (sizes nonzero), in the backend's
+/// GEMM math.
+fn run<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(), CudaError> {
+    if backend.device.gemm_math() == GemmMath::Bf16 {
+        return gemm_in_bf16(backend, call);
+    }
+    // SAFETY: the cim-spec wrappers checked that every batch's A, B and C (and the
+    // epilogue's vector) lie inside the views, and the column-major description covers
+    // exactly those elements.
+    unsafe { backend.device.gemm(&call) }
+}
+
+/// [`cim_spec::backend::Backend::linear_forward`]: with [`BiasEpilogue::Fused`], one GEMM
+/// whose epilogue adds the bias. The row-major bias over y's columns is a bias over the
+/// rows of the column-major `y^T = W x^T`, which is what `CUBLASLT_EPILOGUE_BIAS`
+/// broadcasts (its vector has one value per row of D). Empty products take the separate
+/// path.
+pub(crate) fn linear_forward<D: Device>(
+    backend: &Cuda<D>,
+    y: DeviceViewMut<'_>,
+    x: DeviceView<'_>,
+    weight: DeviceView<'_>,
+    bias: DeviceView<'_>,
+    args: &LinearArgs,
+) -> Result<(), CudaError> {
+    if backend.device.bias_epilogue() == BiasEpilogue::Separate || args.rows == 0 || args.inp == 0 {
+        return linear_forward_separate(backend, y, x, weight, bias, args);
+    }
+    let call = ColumnMajorGemm {
+        epilogue: Epilogue::Bias(bias.ptr()),
+        ..column_major(&y, &x, &weight, &args.forward_gemm())
+    };
+    run(backend, call)
+}
+
+/// [`cim_spec::backend::Backend::linear_backward_params`]: with [`BiasEpilogue::Fused`],
+/// `dW += dy^T x` as one GEMM whose epilogue sums `dy` over the rows. In the column-major
+/// call `dW^T = x^T dy` the multiplier's B is `dy` (`[rows, out]` as op(B)), so the sum
+/// over its inner dimension is `CUBLASLT_EPILOGUE_BGRADB` (one value per column of D). The
+/// epilogue writes its vector, so it lands in the backend's scratch and is then added to
+/// `dbias` (`out` elements, against a read of all of `dy`). Empty products take the
+/// separate path.
+pub(crate) fn linear_backward_params<D: Device>(
+    backend: &Cuda<D>,
+    dweight: DeviceViewMut<'_>,
+    dbias: DeviceViewMut<'_>,
+    dy: DeviceView<'_>,
+    x: DeviceView<'_>,
+    args: &LinearArgs,
+) -> Result<(), CudaError> {
+    if backend.device.bias_epilogue() == BiasEpilogue::Separate || args.rows == 0 || args.inp == 0 {
+        return linear_backward_params_separate(backend, dweight, dbias, dy, x, args);
+    }
+    let mut scratch = backend
+        .bias_gradient
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let grad = scratch.reserve(&backend.device, args.out * size_of::<f32>())?;
+    let call = ColumnMajorGemm {
+        epilogue: Epilogue::BiasGradientB(grad),
+        ..column_major(&dweight, &dy, &x, &args.weight_gradient_gemm())
+    };
+    run(backend, call)?;
+    let grad = DeviceView::of_scratch(grad, args.out);
+    backend.add_assign(dbias, grad)
 }
 
 /// Runs the f32 column-major `call` on its operands rounded to bf16 (round to nearest,
