@@ -21,7 +21,10 @@
 # ($BUDGET_S seconds, default 540, so the run fits one 10-minute device call with room to
 # spare; a part with under 20 s left is skipped as out_of_time), and the script goes on
 # after a failure, so one run reports everything. `--dry-run` runs the same plumbing on the
-# host emulator with tiny sizes (no GPU needed; used to test this script).
+# host emulator with tiny sizes (no GPU needed; used to test this script). ONLY='regex'
+# runs just the parts whose names match (e.g. ONLY='conformance_tf32|bench_cim_bf16.*' to
+# finish in a second device call what the budget cut from the first; the benches' FLOPs
+# come from bench_cim, so select it with any PyTorch bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -54,6 +57,10 @@ declare -A status
 part() { # name timeout command...
     local name=$1 limit=$2
     shift 2
+    if [[ -n "${ONLY:-}" && ! "$name" =~ ^(${ONLY})$ ]]; then
+        status[$name]=not_selected
+        return
+    fi
     local left=$((BUDGET_S - SECONDS))
     if ((left < 20)); then
         status[$name]=out_of_time
