@@ -48,8 +48,12 @@ pub fn nccl_unavailable_reason() -> Option<String> {
     )
 }
 
+/// `call` failed with `e`, named by its code and NCCL's own words (cudarc's `Debug` of the
+/// error says only "NcclError").
 fn nccl_error(call: &str, e: nccl::NcclError) -> anyhow::Error {
-    anyhow!("{call} failed: {e:?}")
+    // SAFETY: ncclGetErrorString returns a static NUL-terminated string for any code.
+    let words = unsafe { std::ffi::CStr::from_ptr(sys::ncclGetErrorString(e.0)) };
+    anyhow!("{call} failed: {:?} ({})", e.0, words.to_string_lossy())
 }
 
 /// An NCCL unique id as the rendezvous payload.
@@ -139,6 +143,9 @@ impl NcclCollective {
         let written = ctx.new_event(None).context("creating a CUDA event")?;
         let summed = ctx.new_event(None).context("creating a CUDA event")?;
         ctx.bind_to_thread().context("binding the CUDA context")?;
+        // The side channel first: nothing can fail after the communicator exists, so it
+        // never leaks.
+        let side = TcpCollective::new(met, timeout)?;
         let mut comm = std::mem::MaybeUninit::uninit();
         // SAFETY: `comm` is written by a successful call; rank and size come from a
         // validated world, the id from rank 0.
@@ -169,7 +176,7 @@ impl NcclCollective {
             comm_stream,
             written,
             summed,
-            side: TcpCollective::new(met, timeout)?,
+            side,
             handed: 0,
         })
     }
@@ -194,12 +201,15 @@ impl NcclCollective {
             .wait(&self.written)
             .context("ordering NCCL after the backward")?;
         nccl::group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
+        // The group is always closed, then the first error returned: an open group would
+        // swallow every later NCCL call of this thread.
+        let mut queued = Ok(());
         for r in ranges.iter().filter(|r| !r.is_empty()) {
             let ptr = b.view_mut(grads, r.clone()).ptr() as *mut std::ffi::c_void;
             // SAFETY: `ptr .. ptr + r.len()` f32 lies in `grads` (checked above), which
             // outlives the sum: the compute stream waits for it in `finish`, before any
             // later op, and buffers are freed only after a synchronisation.
-            unsafe {
+            let sum = unsafe {
                 nccl::all_reduce(
                     ptr,
                     ptr,
@@ -210,10 +220,16 @@ impl NcclCollective {
                     self.comm_stream.cu_stream() as sys::cudaStream_t,
                 )
             }
-            .map_err(|e| nccl_error(&format!("ncclAllReduce of gradients {r:?}"), e))?;
+            .map(|_| ())
+            .map_err(|e| nccl_error(&format!("ncclAllReduce of gradients {r:?}"), e));
+            if queued.is_ok() {
+                queued = sum;
+            }
         }
-        nccl::group_end().map_err(|e| nccl_error("ncclGroupEnd", e))?;
-        Ok(())
+        let ended = nccl::group_end()
+            .map(|_| ())
+            .map_err(|e| nccl_error("ncclGroupEnd", e));
+        queued.and(ended)
     }
 
     /// Makes the compute stream wait for every sum queued so far.

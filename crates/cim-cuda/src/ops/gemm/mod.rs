@@ -100,8 +100,11 @@ fn run<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(), CudaEr
 /// [`cim_spec::backend::Backend::linear_forward`]: with [`BiasEpilogue::Fused`], one GEMM
 /// whose epilogue adds the bias. The row-major bias over y's columns is a bias over the
 /// rows of the column-major `y^T = W x^T`, which is what `CUBLASLT_EPILOGUE_BIAS`
-/// broadcasts (its vector has one value per row of D). Empty products take the separate
-/// path.
+/// broadcasts (its vector has one value per row of D). Empty products, and biases not
+/// 16-byte aligned, take the separate path: cuBLASLt's alignment preferences cover A to D
+/// but not the bias, and its kernels may load the bias in 16-byte vectors (packed
+/// parameters put most encoder biases 4 or 8 bytes off, after the predictor's 1-2 bias
+/// values).
 pub(crate) fn linear_forward<D: Device>(
     backend: &Cuda<D>,
     y: DeviceViewMut<'_>,
@@ -110,7 +113,12 @@ pub(crate) fn linear_forward<D: Device>(
     bias: DeviceView<'_>,
     args: &LinearArgs,
 ) -> Result<(), CudaError> {
-    if backend.device.bias_epilogue() == BiasEpilogue::Separate || args.rows == 0 || args.inp == 0 {
+    if backend.device.bias_epilogue() == BiasEpilogue::Separate
+        || args.rows == 0
+        || args.inp == 0
+        || args.out == 0
+        || !bias.ptr().is_multiple_of(16)
+    {
         return linear_forward_separate(backend, y, x, weight, bias, args);
     }
     let call = ColumnMajorGemm {
@@ -135,7 +143,11 @@ pub(crate) fn linear_backward_params<D: Device>(
     x: DeviceView<'_>,
     args: &LinearArgs,
 ) -> Result<(), CudaError> {
-    if backend.device.bias_epilogue() == BiasEpilogue::Separate || args.rows == 0 || args.inp == 0 {
+    if backend.device.bias_epilogue() == BiasEpilogue::Separate
+        || args.rows == 0
+        || args.inp == 0
+        || args.out == 0
+    {
         return linear_backward_params_separate(backend, dweight, dbias, dy, x, args);
     }
     let mut scratch = backend
