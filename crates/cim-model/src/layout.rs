@@ -158,6 +158,12 @@ pub struct ParamLayout {
     pub total: usize,
 }
 
+/// Elements every tensor's offset is a multiple of: 16 bytes of f32, the alignment GPU
+/// kernels load vectors at (cuBLASLt's bias epilogue among them, which cannot be told a
+/// smaller one). Small tensors (the predictor's 1-2 biases, LayerNorm vectors of odd
+/// widths) would otherwise shift everything after them.
+pub const TENSOR_ALIGN: usize = 4;
+
 /// Which S6 group and stream a tensor belongs to while the layout is built.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -361,12 +367,15 @@ impl ParamLayout {
             dn,
         );
 
-        // Offsets: slot by slot, registration order within a slot.
+        // Offsets: slot by slot, registration order within a slot, every tensor starting
+        // on a multiple of TENSOR_ALIGN elements (the gaps stay zero: no gradient, no
+        // update, no decay of a zero).
         let mut ranges = vec![0..0; b.pending.len()];
         let mut slot_ranges = [0..0, 0..0, 0..0, 0..0, 0..0, 0..0, 0..0];
-        let mut off = 0;
+        let mut off = 0usize;
         let mut tensors = Vec::new();
         for (si, slot) in SLOTS.iter().enumerate() {
+            off = off.next_multiple_of(TENSOR_ALIGN);
             let start = off;
             for (i, t) in b
                 .pending
@@ -375,6 +384,7 @@ impl ParamLayout {
                 .filter(|(_, t)| t.slot == *slot)
             {
                 let len: usize = t.shape.iter().product();
+                off = off.next_multiple_of(TENSOR_ALIGN);
                 ranges[i] = off..off + len;
                 let patch = matches!(t.slot, Slot::PatchBias | Slot::PatchWeight);
                 tensors.push(TensorSpec {
@@ -506,9 +516,14 @@ mod tests {
             c.decoder.correlation = correlation;
             c.decoder.predictor = predictor;
             let l = ParamLayout::new(&c);
-            let mut next = 0;
+            let mut next = 0usize;
             for t in &l.tensors {
-                assert_eq!(t.range.start, next, "{} is not contiguous", t.name);
+                assert_eq!(
+                    t.range.start,
+                    next.next_multiple_of(TENSOR_ALIGN),
+                    "{} does not follow the previous tensor at the next aligned offset",
+                    t.name
+                );
                 next = t.range.end;
                 let in_decay = l.decay.contains(&t.range.start);
                 let in_no_decay = l.no_decay.contains(&t.range.start);
