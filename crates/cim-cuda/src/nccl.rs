@@ -133,16 +133,19 @@ impl NcclCollective {
         }
         let gpu = b.device();
         let fingerprint = format!("{fingerprint}, backend cim-cuda ({})", gpu.model());
+        let ctx = gpu.context();
+        // Bound before any NCCL call: ncclGetUniqueId may touch the CUDA runtime, which
+        // would otherwise make a primary context on device 0 of a rank-0 process on
+        // another GPU.
+        ctx.bind_to_thread().context("binding the CUDA context")?;
         let (id, met) = exchange_id(world, &fingerprint, timeout, || {
             nccl::get_uniqueid().map_err(|e| nccl_error("ncclGetUniqueId", e))
         })?;
-        let ctx = gpu.context();
         let comm_stream = ctx
             .new_stream()
             .context("creating the NCCL communication stream")?;
         let written = ctx.new_event(None).context("creating a CUDA event")?;
         let summed = ctx.new_event(None).context("creating a CUDA event")?;
-        ctx.bind_to_thread().context("binding the CUDA context")?;
         // The side channel first: nothing can fail after the communicator exists, so it
         // never leaks.
         let side = TcpCollective::new(met, timeout)?;
