@@ -109,6 +109,15 @@ fn succeeded(out: Output, who: &str) -> String {
     text
 }
 
+/// Each rank's output, in rank order, checking every rank succeeded.
+fn outputs(children: Vec<Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(r, c)| succeeded(c.wait_with_output().unwrap(), &format!("rank {r}")))
+        .collect()
+}
+
 /// The digest a process reported the ranks agreed on.
 fn reported_digest(text: &str) -> String {
     let at = text
@@ -172,11 +181,7 @@ fn two_processes_train_like_one_with_their_global_batch() {
     let children: Vec<Child> = (0..2)
         .map(|r| rank(pretrain(&data, &two, 2, &epochs), r, port))
         .collect();
-    let texts: Vec<String> = children
-        .into_iter()
-        .enumerate()
-        .map(|(r, c)| succeeded(c.wait_with_output().unwrap(), &format!("rank {r}")))
-        .collect();
+    let texts = outputs(children);
     assert!(texts[0].contains("finished after 4 steps"), "{}", texts[0]);
     assert!(
         texts[1].contains("rank 1 finished after 4 steps"),
@@ -267,11 +272,7 @@ fn sigint_on_one_rank_stops_both_at_the_same_step_and_resume_continues() {
         .status()
         .unwrap();
     assert!(status.success());
-    let texts: Vec<String> = children
-        .into_iter()
-        .enumerate()
-        .map(|(r, c)| succeeded(c.wait_with_output().unwrap(), &format!("rank {r}")))
-        .collect();
+    let texts = outputs(children);
     let ckpts = checkpoint::list(&run).unwrap();
     assert_eq!(ckpts.len(), 1, "exactly the interrupt's checkpoint");
     let step = checkpoint::read_state(&ckpts[0]).unwrap().step;
@@ -292,11 +293,7 @@ fn sigint_on_one_rank_stops_both_at_the_same_step_and_resume_continues() {
     let children: Vec<Child> = (0..2)
         .map(|r| rank(pretrain(&data, &run, 2, &more), r, port))
         .collect();
-    let texts: Vec<String> = children
-        .into_iter()
-        .enumerate()
-        .map(|(r, c)| succeeded(c.wait_with_output().unwrap(), &format!("rank {r}")))
-        .collect();
+    let texts = outputs(children);
     assert!(texts[0].contains("resuming from"), "{}", texts[0]);
     assert!(
         texts[1].contains(&format!("rank 1 finished after {} steps", step + 2)),

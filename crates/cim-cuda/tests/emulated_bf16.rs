@@ -8,26 +8,16 @@
 //! kernel) and `Bf16Fused` (f32 operands rounded inside the GEMM, as cuBLAS's FAST_16BF),
 //! so on the emulator the two give the same bits and the suite covers both.
 
-use cim_cuda::{Cuda, DeviceBuffer, Emulator, GemmMath};
-use cim_spec::backend::{GemmArgs, Memory, Role};
+mod buffers;
+
+use cim_cuda::{Cuda, Emulator, GemmMath};
+use cim_spec::backend::{GemmArgs, Memory};
 use cim_spec::ops;
 use half::bf16;
 
+use buffers::{download, upload};
+
 conformance::suite!(Cuda<Emulator>, Cuda::emulated_with(GemmMath::Bf16));
-
-fn upload(b: &Cuda<Emulator>, values: &[f32]) -> DeviceBuffer<Emulator> {
-    let mut buf = b.alloc(values.len(), Role::Activation).unwrap();
-    b.upload(b.view_mut(&mut buf, 0..values.len()), values)
-        .unwrap();
-    buf
-}
-
-fn download(b: &Cuda<Emulator>, buf: &DeviceBuffer<Emulator>) -> Vec<f32> {
-    let mut values = vec![0.0; Cuda::<Emulator>::buffer_len(buf)];
-    b.download(b.view(buf, 0..values.len()), &mut values)
-        .unwrap();
-    values
-}
 
 /// What bf16 rounding must give for `x`, as f32.
 fn rounded(x: f32) -> f32 {

@@ -4,24 +4,14 @@
 //! (about a million elements), and the bit-for-bit agreement of AdamW and EMA with the
 //! f32 scalar definitions in `cim_spec::schedule`.
 
-use cim_cuda::{Cuda, DeviceBuffer, Emulator};
-use cim_spec::backend::{AdamWArgs, Memory, Optim, Role};
+mod buffers;
+
+use cim_cuda::Cuda;
+use cim_spec::backend::{AdamWArgs, Memory, Optim};
 use cim_spec::schedule::{AdamW, ema_scalar};
 use conformance::cases::{ClipCase, LayerNormCase, VectorCase};
 
-fn upload(b: &Cuda<Emulator>, values: &[f32]) -> DeviceBuffer<Emulator> {
-    let mut buf = b.alloc(values.len(), Role::Activation).unwrap();
-    b.upload(b.view_mut(&mut buf, 0..values.len()), values)
-        .unwrap();
-    buf
-}
-
-fn download(b: &Cuda<Emulator>, buf: &DeviceBuffer<Emulator>) -> Vec<f32> {
-    let mut values = vec![0.0; Cuda::<Emulator>::buffer_len(buf)];
-    b.download(b.view(buf, 0..values.len()), &mut values)
-        .unwrap();
-    values
-}
+use buffers::{download, upload};
 
 /// A deterministic spread of values in `[-scale/2, scale/2)`.
 fn spread(n: usize, mul: usize, scale: f32) -> Vec<f32> {

@@ -97,6 +97,15 @@ fn run<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(), CudaEr
     unsafe { backend.device.gemm(&call) }
 }
 
+/// Whether a linear op of `args` runs as one GEMM with an epilogue: the backend fuses,
+/// and the product is not empty (empty ones take the separate path).
+fn fuses<D: Device>(backend: &Cuda<D>, args: &LinearArgs) -> bool {
+    backend.device.bias_epilogue() == BiasEpilogue::Fused
+        && args.rows > 0
+        && args.inp > 0
+        && args.out > 0
+}
+
 /// [`cim_spec::backend::Backend::linear_forward`]: with [`BiasEpilogue::Fused`], one GEMM
 /// whose epilogue adds the bias. The row-major bias over y's columns is a bias over the
 /// rows of the column-major `y^T = W x^T`, which is what `CUBLASLT_EPILOGUE_BIAS`
@@ -113,12 +122,7 @@ pub(crate) fn linear_forward<D: Device>(
     bias: DeviceView<'_>,
     args: &LinearArgs,
 ) -> Result<(), CudaError> {
-    if backend.device.bias_epilogue() == BiasEpilogue::Separate
-        || args.rows == 0
-        || args.inp == 0
-        || args.out == 0
-        || !bias.ptr().is_multiple_of(16)
-    {
+    if !fuses(backend, args) || !bias.ptr().is_multiple_of(16) {
         return linear_forward_separate(backend, y, x, weight, bias, args);
     }
     let call = ColumnMajorGemm {
@@ -143,11 +147,7 @@ pub(crate) fn linear_backward_params<D: Device>(
     x: DeviceView<'_>,
     args: &LinearArgs,
 ) -> Result<(), CudaError> {
-    if backend.device.bias_epilogue() == BiasEpilogue::Separate
-        || args.rows == 0
-        || args.inp == 0
-        || args.out == 0
-    {
+    if !fuses(backend, args) {
         return linear_backward_params_separate(backend, dweight, dbias, dy, x, args);
     }
     let mut scratch = backend
