@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU check, from prebuilt binaries (scripts/gpu-bundle.sh), on a machine with
-# CUDA 13, PyTorch and no Rust toolchain. Run from the repository root; writes everything
-# under $OUT (default: gpu-results/), and a summary.json that says what passed:
+# CUDA 13, PyTorch and no Rust toolchain. Run from the repository root. The device tool
+# brings back at most 8 files from $OUT (default: gpu-results/), so every part writes into
+# a scratch folder ($WORK, default a fresh one under /tmp) and $OUT receives three files:
+# summary.json (what passed, with every bench's numbers), logs.tar.gz (every part's log and
+# JSON, the pretrain's metrics and pictures; no checkpoints) and nvidia-smi.txt. It checks:
 #   1. the conformance suite and whole micro steps on the GPU, with f32 GEMMs, with bf16
 #      mixed-precision GEMMs and with TF32 tensor-core GEMMs (both under the bf16 tolerance
 #      column), CIM_REQUIRE_GPU=1;
@@ -29,6 +32,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
 mkdir -p "$OUT"
+WORK="${WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)}"
+mkdir -p "$WORK"
 BUNDLE="${BUNDLE:-gpu-bundle}"
 PEAK_TFLOPS="${PEAK_TFLOPS:-989}"
 BUDGET_S="${BUDGET_S:-540}"
@@ -39,10 +44,12 @@ dry_run=0
 # wheels; NCCL only as libnccl.so.2 inside the wheels, so a symlink under the name cudarc
 # looks for.
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
-libdir="$OUT/lib"
+libdir="$WORK/lib"
 mkdir -p "$libdir"
-if [[ -n "$site" && -e "$site/nvidia/nccl/lib/libnccl.so.2" ]]; then
-    ln -sf "$site/nvidia/nccl/lib/libnccl.so.2" "$libdir/libnccl.so"
+# (nvidia-nccl-cu13 has put it under nvidia/nccl/lib; look wherever the wheels put it).
+nccl=$( [[ -n "$site" && -d "$site/nvidia" ]] && find "$site/nvidia" -name libnccl.so.2 2>/dev/null | head -n 1)
+if [[ -n "$nccl" ]]; then
+    ln -sf "$nccl" "$libdir/libnccl.so"
 fi
 export LD_LIBRARY_PATH="$libdir:/usr/local/cuda/lib64:${site:+$site/nvidia/cu13/lib:}${LD_LIBRARY_PATH:-}"
 
@@ -70,14 +77,14 @@ part() { # name timeout command...
     ((limit > left)) && limit=$left
     echo "== $name (limit $limit s)" >&2
     local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" >"$WORK/$name.log" 2>&1
     local rc=$?
     status[$name]=$rc
-    echo "   rc $rc in $((SECONDS - start)) s (log $OUT/$name.log)" >&2
-    tail -n 3 "$OUT/$name.log" >&2
+    echo "   rc $rc in $((SECONDS - start)) s (log $WORK/$name.log)" >&2
+    tail -n 3 "$WORK/$name.log" >&2
 }
 
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
+nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$WORK/nvidia-smi.txt"
 
 # Most telling first, each under a limit, so the whole run fits one device call (10 min)
 # and a part that overruns costs only itself.
@@ -92,7 +99,7 @@ conformance() { # name CIM_CUDA_GEMM [CIM_CUDA_EPILOGUES]
 bench_cim() { # name CIM_CUDA_GEMM json [CIM_CUDA_EPILOGUES]
     part "$1" 90 env CIM_CUDA_GEMM="$2" CIM_CUDA_EPILOGUES="${4:-0}" "${cim[@]}" bench \
         --model "$model" --batch "$batch" --steps "$steps" --peak-tflops "$PEAK_TFLOPS" \
-        --breakdown --json "$OUT/$3"
+        --breakdown --json "$WORK/$3"
 }
 conformance conformance_f32 f32
 conformance conformance_bf16 bf16
@@ -102,7 +109,7 @@ bench_cim bench_cim_bf16_epilogues bf16 bench-cim-bf16-epilogues.json 1
 bench_cim bench_cim_bf16_fused bf16-fused bench-cim-bf16-fused.json
 bench_cim bench_cim_tf32 tf32 bench-cim-tf32.json
 flops=$(python3 -c 'import json,sys; f=json.load(open(sys.argv[1]))["flops_per_image"]; print(sum(f.values()))' \
-    "$OUT/bench-cim.json" 2>/dev/null || echo 0)
+    "$WORK/bench-cim.json" 2>/dev/null || echo 0)
 torch_device=cuda
 ((dry_run)) && torch_device=cpu
 torch_bench() { # mode amp limit
@@ -111,17 +118,17 @@ torch_bench() { # mode amp limit
         --flops-per-image "$flops" --peak-tflops "$PEAK_TFLOPS"
 }
 torch_bench eager none 90
-part pretrain 120 "${cim[@]}" pretrain --recipe "$recipe" --data data/photos --out "$OUT/run" \
+part pretrain 120 "${cim[@]}" pretrain --recipe "$recipe" --data data/photos --out "$WORK/run" \
     --max-steps "$pretrain_steps" --no-progress --set optim.warmup_epochs=0
-part selftest 60 "${cim[@]}" selftest --json "$OUT/selftest.json"
+part selftest 60 "${cim[@]}" selftest --json "$WORK/selftest.json"
 ((dry_run)) || part render 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-render" gpu_renders_like_the_cpu
 # One GPU allows one NCCL rank only (NCCL refuses two on a card): the communicator's
 # plumbing, not a multi-GPU run.
 if ((!dry_run)); then
     part nccl 60 env CIM_REQUIRE_GPU=1 "$BUNDLE/gpu-nccl" --nocapture
-    if [[ "${status[nccl]}" == 0 ]] && grep -q "^skipped: libnccl" "$OUT/nccl.log"; then
+    if [[ "${status[nccl]}" == 0 ]] && grep -q "^skipped: libnccl" "$WORK/nccl.log"; then
         status[nccl]=skipped_no_libnccl
-        echo "   nccl: skipped, libnccl.so is not on LD_LIBRARY_PATH (see $OUT/nccl.log)" >&2
+        echo "   nccl: skipped, libnccl.so is not on LD_LIBRARY_PATH (see nccl.log)" >&2
     fi
 fi
 conformance conformance_bf16_epilogues bf16 1
@@ -130,7 +137,7 @@ conformance conformance_bf16_epilogues bf16 1
 conformance conformance_bf16_fused bf16-fused
 conformance conformance_tf32 tf32
 
-python3 - "$OUT" "$(declare -p status)" <<'PY'
+python3 - "$WORK" "$(declare -p status)" <<'PY'
 import json, os, re, sys
 out = sys.argv[1]
 status = dict(re.findall(r'\[(\w+)\]="?([^" ]*)"?', sys.argv[2]))
@@ -166,3 +173,7 @@ for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_bf16_epilogues", "bench_c
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PY
+# What comes back: the summary, the nvidia-smi report, and everything else packed in one
+# archive (the checkpoints and the library links stay behind).
+cp "$WORK/summary.json" "$WORK/nvidia-smi.txt" "$OUT/"
+tar czf "$OUT/logs.tar.gz" -C "$WORK" --exclude=./lib --exclude=./run/checkpoints .
