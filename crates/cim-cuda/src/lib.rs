@@ -85,6 +85,17 @@ impl Cuda<Emulator> {
     pub fn emulated_with(gemm: impl Into<GemmConfig>) -> Self {
         Self::on(Emulator::new(gemm.into())).expect("the emulator allocates 32 KiB of host memory")
     }
+
+    /// As [`Cuda::emulated_with`], on an emulator that has no algorithm for the epilogue
+    /// GEMMs `refuses` picks, as cuBLASLt's heuristic may answer on a GPU (tests of the
+    /// fallback to the separate bias work).
+    pub fn emulated_refusing(
+        gemm: impl Into<GemmConfig>,
+        refuses: fn(&ColumnMajorGemm) -> bool,
+    ) -> Self {
+        Self::on(Emulator::refusing(gemm.into(), refuses))
+            .expect("the emulator allocates 32 KiB of host memory")
+    }
 }
 
 impl<D: Device> Cuda<D> {

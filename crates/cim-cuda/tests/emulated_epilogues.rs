@@ -4,12 +4,15 @@
 //! path that cuBLASLt runs on the GPU. Beside it, the two linear properties with epilogues
 //! in the other GEMM maths (TF32 and both bf16 modes), and the epilogues themselves in
 //! cuBLASLt's column-major terms: `BIAS` adds one value per row of D, `BGRADB` writes the
-//! sum of op(B) over the inner dimension, one value per column of D.
+//! sum of op(B) over the inner dimension, one value per column of D. And the fallback to
+//! the separate path where cuBLASLt has no algorithm for an epilogue.
 
 use cim_cuda::{
     BiasEpilogue, ColumnMajorGemm, Cuda, Device, Emulator, Epilogue, GemmConfig, GemmInput,
     GemmMath,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use conformance::{
     RunConfig, linear_backward_params_case, linear_forward_case, run_property, strategies,
 };
@@ -141,4 +144,60 @@ fn epilogues_have_cublaslt_meaning_in_column_major_terms() {
             "BGRADB at {j}"
         );
     }
+}
+
+/// Epilogue GEMMs the refusing emulator below turned down, and ones it ran.
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
+static ACCEPTED: AtomicUsize = AtomicUsize::new(0);
+
+/// No algorithm for any bias-gradient epilogue, nor for bias epilogues over an odd number
+/// of rows (output features): both fallbacks and the fused forward run in one step.
+fn refuses(g: &ColumnMajorGemm) -> bool {
+    let refused = matches!(g.epilogue, Epilogue::BiasGradientB(_)) || g.m % 2 == 1;
+    let counter = if refused { &REFUSED } else { &ACCEPTED };
+    counter.fetch_add(1, Ordering::Relaxed);
+    refused
+}
+
+/// Where cuBLASLt finds no algorithm for an epilogue, the linear ops take the separate
+/// path instead of failing, and still agree with the reference: the linear properties
+/// and whole training steps, in f32 and in bf16 (whose fallback is decided before the
+/// operands are converted). The emulator fails any refused GEMM that is queued anyway.
+#[test]
+fn linear_ops_fall_back_where_cublaslt_has_no_algorithm() {
+    let config = RunConfig::from_env();
+    for math in [GemmMath::F32, GemmMath::Bf16] {
+        let backend = Cuda::emulated_refusing(
+            GemmConfig {
+                math,
+                bias: BiasEpilogue::Fused,
+            },
+            refuses,
+        );
+        run_property(
+            &backend,
+            "linear_forward",
+            &config,
+            strategies::linear_cases(),
+            linear_forward_case,
+        )
+        .unwrap_or_else(|m| panic!("{m}"));
+        run_property(
+            &backend,
+            "linear_backward_params",
+            &config,
+            strategies::linear_cases(),
+            linear_backward_params_case,
+        )
+        .unwrap_or_else(|m| panic!("{m}"));
+        conformance::training_steps(&backend).unwrap_or_else(|m| panic!("{math:?}: {m}"));
+    }
+    assert!(
+        REFUSED.load(Ordering::Relaxed) > 0,
+        "no epilogue was refused"
+    );
+    assert!(
+        ACCEPTED.load(Ordering::Relaxed) > 0,
+        "no epilogue ran fused beside the refused ones"
+    );
 }

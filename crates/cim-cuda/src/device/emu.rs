@@ -35,14 +35,23 @@ unsafe extern "C" {
 pub struct Emulator {
     config: GemmConfig,
     name: String,
+    refuses: fn(&ColumnMajorGemm) -> bool,
 }
 
 impl Emulator {
     /// An emulated device whose GEMMs follow `config`.
     pub(crate) fn new(config: GemmConfig) -> Self {
+        Self::refusing(config, |_| false)
+    }
+
+    /// The same, but with no algorithm for the epilogue GEMMs that `refuses` picks, as
+    /// cuBLASLt's heuristic may answer on a GPU: [`Device::runs_epilogue`] says `false`
+    /// and [`Device::gemm`] fails on them (tests of the backend's fallback).
+    pub(crate) fn refusing(config: GemmConfig, refuses: fn(&ColumnMajorGemm) -> bool) -> Self {
         Emulator {
             config,
             name: format!("cuda-emulated{}", config.suffix()),
+            refuses,
         }
     }
 }
@@ -98,6 +107,10 @@ impl Device for Emulator {
 
     fn bias_epilogue(&self) -> BiasEpilogue {
         self.config.bias
+    }
+
+    fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError> {
+        Ok(!(self.refuses)(g))
     }
 
     /// The H100's (sm_90) limit, the card the emulator stands in for.
@@ -164,6 +177,11 @@ impl Device for Emulator {
         if g.epilogue != Epilogue::None && g.batch != 1 {
             return Err(CudaError::invalid(format!(
                 "a GEMM epilogue needs batch 1, got {g:?}"
+            )));
+        }
+        if g.epilogue != Epilogue::None && (self.refuses)(g) {
+            return Err(CudaError::invalid(format!(
+                "no algorithm for this epilogue (refused by the emulator): {g:?}"
             )));
         }
         let c = g.c as *mut f32;

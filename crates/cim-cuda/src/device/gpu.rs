@@ -272,6 +272,17 @@ impl Device for Gpu {
         self.config.bias
     }
 
+    /// Asks cuBLASLt's heuristic once per shape (the answer, and the plan, are kept).
+    fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError> {
+        match &self.lt {
+            Some(lt) => {
+                self.bind()?;
+                lt.runs(g, self.config.math)
+            }
+            None => Ok(false),
+        }
+    }
+
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
         self.bind()?;
         // SAFETY: the caller guarantees the destination; a copy from pageable memory
@@ -445,12 +456,13 @@ fn lt_error(call: &str, e: cublaslt::result::CublasError) -> CudaError {
 }
 
 /// cuBLASLt for GEMMs with an epilogue: one handle, a workspace allocated once, and per
-/// shape a [`LtPlan`] (descriptors and the heuristic's algorithm), built on first use.
+/// shape a [`LtPlan`] (descriptors and the heuristic's algorithm) built on first use, or
+/// `None` where the heuristic finds no algorithm (those calls take the separate path).
 /// The bias pointer is the only attribute set per call.
 struct Lt {
     handle: cublaslt::sys::cublasLtHandle_t,
     workspace: GpuAlloc,
-    plans: Mutex<HashMap<LtKey, LtPlan>>,
+    plans: Mutex<HashMap<LtKey, Option<LtPlan>>>,
 }
 
 /// What a plan depends on: the call's shape and types, the epilogue, and the alignment
@@ -560,17 +572,8 @@ impl Lt {
         })
     }
 
-    /// Runs `g` (batch 1, with an epilogue) on `stream`.
-    ///
-    /// # Safety
-    /// As [`Device::gemm`].
-    unsafe fn matmul(
-        &self,
-        g: &ColumnMajorGemm,
-        math: GemmMath,
-        stream: &CudaStream,
-    ) -> Result<(), CudaError> {
-        use cublaslt::sys::cublasLtMatmulDescAttributes_t as Attr;
+    /// The plan key of `g` (batch 1, with an epilogue) and its epilogue's vector.
+    fn key(g: &ColumnMajorGemm) -> Result<(LtKey, u64), CudaError> {
         let (vector, bias_gradient) = match g.epilogue {
             Epilogue::Bias(ptr) => (ptr, false),
             Epilogue::BiasGradientB(ptr) => (ptr, true),
@@ -594,11 +597,66 @@ impl Lt {
             bias_gradient,
             align: [alignment(g.a), alignment(g.b), alignment(g.c)],
         };
+        Ok((key, vector))
+    }
+
+    /// Runs `f` on the plan of `key` (built on first use; `None` where cuBLASLt has no
+    /// algorithm for it) under the plans' lock.
+    fn with_plan<R>(
+        &self,
+        key: &LtKey,
+        math: GemmMath,
+        f: impl FnOnce(Option<&LtPlan>) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = match plans.entry(key) {
+        let plan = match plans.entry(*key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(&key, math)?),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(key, math)?),
         };
+        f(plan.as_ref())
+    }
+
+    /// Whether cuBLASLt has an algorithm for `g` (batch 1, with an epilogue) in `math`.
+    fn runs(&self, g: &ColumnMajorGemm, math: GemmMath) -> Result<bool, CudaError> {
+        let (key, _) = Self::key(g)?;
+        self.with_plan(&key, math, |plan| Ok(plan.is_some()))
+    }
+
+    /// Runs `g` (batch 1, with an epilogue) on `stream`; an error if cuBLASLt has no
+    /// algorithm for it (ask [`Lt::runs`] first).
+    ///
+    /// # Safety
+    /// As [`Device::gemm`].
+    unsafe fn matmul(
+        &self,
+        g: &ColumnMajorGemm,
+        math: GemmMath,
+        stream: &CudaStream,
+    ) -> Result<(), CudaError> {
+        let (key, vector) = Self::key(g)?;
+        self.with_plan(&key, math, |plan| {
+            let Some(plan) = plan else {
+                return Err(CudaError::invalid(format!(
+                    "cuBLASLt has no algorithm for this epilogue: {g:?}"
+                )));
+            };
+            // SAFETY: the caller's guarantee, passed on; the plan is `g`'s.
+            unsafe { self.queue(plan, g, vector, stream) }
+        })
+    }
+
+    /// Queues `g` with `plan` (its own) and the epilogue's `vector`.
+    ///
+    /// # Safety
+    /// As [`Device::gemm`].
+    unsafe fn queue(
+        &self,
+        plan: &LtPlan,
+        g: &ColumnMajorGemm,
+        vector: u64,
+        stream: &CudaStream,
+    ) -> Result<(), CudaError> {
+        use cublaslt::sys::cublasLtMatmulDescAttributes_t as Attr;
         // SAFETY: the plan's descriptor is live; the attribute is a device pointer.
         unsafe { set_desc(plan.desc, Attr::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vector)? };
         let [a, b, c] = plan.layouts;
@@ -629,8 +687,9 @@ impl Lt {
     }
 
     /// Descriptors and algorithm for `key` in `math` (compute types as cuBLAS's: f32
-    /// pedantic, TF32, f32 on bf16 operands, or bf16 rounding inside the GEMM).
-    fn plan(&self, key: &LtKey, math: GemmMath) -> Result<LtPlan, CudaError> {
+    /// pedantic, TF32, f32 on bf16 operands, or bf16 rounding inside the GEMM); `None`,
+    /// said once on stderr, where the heuristic finds no algorithm.
+    fn plan(&self, key: &LtKey, math: GemmMath) -> Result<Option<LtPlan>, CudaError> {
         use cublaslt::sys::cublasComputeType_t as Compute;
         use cublaslt::sys::cublasLtEpilogue_t as Kind;
         use cublaslt::sys::cublasLtMatmulDescAttributes_t as Attr;
@@ -690,47 +749,72 @@ impl Lt {
         }
         let pref = cublaslt::result::create_matmul_pref()
             .map_err(|e| lt_error("cublasLtMatmulPreferenceCreate", e))?;
-        let search = || -> Result<cublaslt::sys::cublasLtMatmulHeuristicResult_t, CudaError> {
-            let alignments = [
-                (
-                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                    key.align[0],
-                ),
-                (
-                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                    key.align[1],
-                ),
-                (
-                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                    key.align[2],
-                ),
-                (
-                    Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                    key.align[2],
-                ),
-            ];
-            let workspace = LT_WORKSPACE_BYTES as u64;
-            let [a, b, c] = plan.layouts;
-            // SAFETY: the preference and every descriptor are live; the workspace size is
-            // a uint64, the alignments uint32.
-            unsafe {
-                set_pref(
-                    pref,
-                    Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &workspace,
-                )?;
-                for (attr, bytes) in alignments {
-                    set_pref(pref, attr, &bytes)?;
+        let search =
+            || -> Result<Result<cublaslt::sys::cublasLtMatmulHeuristicResult_t, _>, CudaError> {
+                let alignments = [
+                    (
+                        Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                        key.align[0],
+                    ),
+                    (
+                        Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                        key.align[1],
+                    ),
+                    (
+                        Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                        key.align[2],
+                    ),
+                    (
+                        Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                        key.align[2],
+                    ),
+                ];
+                let workspace = LT_WORKSPACE_BYTES as u64;
+                let [a, b, c] = plan.layouts;
+                // SAFETY: the preference and every descriptor are live; the workspace size is
+                // a uint64, the alignments uint32.
+                unsafe {
+                    set_pref(
+                        pref,
+                        Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                        &workspace,
+                    )?;
+                    for (attr, bytes) in alignments {
+                        set_pref(pref, attr, &bytes)?;
+                    }
+                    Ok(cublaslt::result::get_matmul_algo_heuristic(
+                        self.handle,
+                        desc,
+                        a,
+                        b,
+                        c,
+                        c,
+                        pref,
+                    ))
                 }
-                cublaslt::result::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref)
-            }
-            .map_err(|e| lt_error(&format!("cublasLtMatmulAlgoGetHeuristic {key:?}"), e))
-        };
+            };
         let heuristic = search();
         // SAFETY: created above, used by nothing else.
         let _ = unsafe { cublaslt::result::destroy_matmul_pref(pref) };
-        plan.algo = heuristic?.algo;
-        Ok(plan)
+        match heuristic? {
+            Ok(found) => {
+                plan.algo = found.algo;
+                Ok(Some(plan))
+            }
+            Err(cublaslt::result::CublasError(
+                cublaslt::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            )) => {
+                eprintln!(
+                    "cim-cuda: cuBLASLt has no {math:?} algorithm with this epilogue for {key:?}; \
+                     that GEMM adds its bias work in a separate kernel"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(lt_error(
+                &format!("cublasLtMatmulAlgoGetHeuristic {key:?}"),
+                e,
+            )),
+        }
     }
 }
 

@@ -264,6 +264,11 @@ pub trait Device: 'static {
     fn gemm_math(&self) -> GemmMath;
     /// Whether the backend fuses the linear layers' bias work into GEMMs.
     fn bias_epilogue(&self) -> BiasEpilogue;
+    /// Whether [`Device::gemm`] can run `g`, whose epilogue is not [`Epilogue::None`]:
+    /// cuBLASLt may find no algorithm for a shape, compute type, alignment and epilogue.
+    /// Queues nothing; the backend asks before it prepares the operands and takes the
+    /// separate path on `false`.
+    fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError>;
     /// The most dynamic shared memory one block may opt into (227 KiB on sm_90, 163 KiB on
     /// sm_80, 99 KiB on sm_86/89); launches above [`DEFAULT_SHARED_BYTES`] opt in.
     fn max_shared_bytes(&self) -> usize;

@@ -13,7 +13,8 @@
 //!
 //! The linear layers' two composite ops fuse their bias work into the GEMM when the
 //! device says [`BiasEpilogue::Fused`] (issue 6): the same column-major call with a
-//! cuBLASLt epilogue, which the emulator runs with the same meaning.
+//! cuBLASLt epilogue, which the emulator runs with the same meaning. Where cuBLASLt has no
+//! algorithm for a call ([`Device::runs_epilogue`]), that call takes the separate path.
 
 use cim_spec::backend::{
     Elementwise, Gemm, GemmArgs, LinearArgs, linear_backward_params_separate,
@@ -49,7 +50,7 @@ impl<D: Device> Gemm for Cuda<D> {
             // An empty sum: C = beta * C (cuBLAS's k = 0 behaviour is not documented).
             return empty_product(self, c, args);
         }
-        run(self, column_major(&c, &a, &b, args))
+        run(self, column_major(&c, &a, &b, args)).map(|_| ())
     }
 }
 
@@ -86,15 +87,20 @@ fn column_major(
 }
 
 /// Runs a column-major call built from checked views (sizes nonzero), in the backend's
-/// GEMM math.
-fn run<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(), CudaError> {
+/// GEMM math. `false` when the device has no algorithm for the call's epilogue: then
+/// nothing was queued, and the caller takes the separate path.
+fn run<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<bool, CudaError> {
     if backend.device.gemm_math() == GemmMath::Bf16 {
         return gemm_in_bf16(backend, call);
+    }
+    if call.epilogue != Epilogue::None && !backend.device.runs_epilogue(&call)? {
+        return Ok(false);
     }
     // SAFETY: the cim-spec wrappers checked that every batch's A, B and C (and the
     // epilogue's vector) lie inside the views, and the column-major description covers
     // exactly those elements.
-    unsafe { backend.device.gemm(&call) }
+    unsafe { backend.device.gemm(&call)? };
+    Ok(true)
 }
 
 /// Whether a linear op of `args` runs as one GEMM with an epilogue: the backend fuses,
@@ -129,7 +135,10 @@ pub(crate) fn linear_forward<D: Device>(
         epilogue: Epilogue::Bias(bias.ptr()),
         ..column_major(&y, &x, &weight, &args.forward_gemm())
     };
-    run(backend, call)
+    if run(backend, call)? {
+        return Ok(());
+    }
+    linear_forward_separate(backend, y, x, weight, bias, args)
 }
 
 /// [`cim_spec::backend::Backend::linear_backward_params`]: with [`BiasEpilogue::Fused`],
@@ -159,14 +168,18 @@ pub(crate) fn linear_backward_params<D: Device>(
         epilogue: Epilogue::BiasGradientB(grad),
         ..column_major(&dweight, &dy, &x, &args.weight_gradient_gemm())
     };
-    run(backend, call)?;
-    let grad = DeviceView::of_scratch(grad, args.out);
-    backend.add_assign(dbias, grad)
+    if run(backend, call)? {
+        let grad = DeviceView::of_scratch(grad, args.out);
+        return backend.add_assign(dbias, grad);
+    }
+    drop(scratch);
+    linear_backward_params_separate(backend, dweight, dbias, dy, x, args)
 }
 
 /// Runs the f32 column-major `call` on its operands rounded to bf16 (round to nearest,
-/// ties to even), with f32 accumulation into the f32 C.
-fn gemm_in_bf16<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(), CudaError> {
+/// ties to even), with f32 accumulation into the f32 C; `false`, before anything is
+/// queued, when the device has no algorithm for the call's epilogue.
+fn gemm_in_bf16<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<bool, CudaError> {
     // The elements each operand's matrices span, from the first to the end of the last
     // (the extent the cim-spec wrapper checked against the views).
     let span = |stride: usize, size: usize| (call.batch - 1) * stride + size;
@@ -179,6 +192,15 @@ fn gemm_in_bf16<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(
         .unwrap_or_else(|p| p.into_inner());
     let a = scratch.reserve(&backend.device, (b_offset + b_len) * size_of::<u16>())?;
     let b = a + (b_offset * size_of::<u16>()) as u64;
+    let rounded = ColumnMajorGemm {
+        input: GemmInput::Bf16,
+        a,
+        b,
+        ..call
+    };
+    if rounded.epilogue != Epilogue::None && !backend.device.runs_epilogue(&rounded)? {
+        return Ok(false);
+    }
     for (out, x, n) in [(a, call.a, a_len), (b, call.b, b_len)] {
         let params = k::ToBf16Args {
             out,
@@ -193,15 +215,10 @@ fn gemm_in_bf16<D: Device>(backend: &Cuda<D>, call: ColumnMajorGemm) -> Result<(
                 .launch(&k::TO_BF16, LaunchDims::linear(n, THREADS), &params)?
         };
     }
-    let call = ColumnMajorGemm {
-        input: GemmInput::Bf16,
-        a,
-        b,
-        ..call
-    };
     // SAFETY: A and B are the rounded copies with the original layout (same leading
     // dimensions and strides from their first element); C is the checked output.
-    unsafe { backend.device.gemm(&call) }
+    unsafe { backend.device.gemm(&rounded)? };
+    Ok(true)
 }
 
 fn empty_product<D: Device>(
