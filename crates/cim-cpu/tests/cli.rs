@@ -1,7 +1,7 @@
 //! The `cim-cpu` binary end to end on a few generated images: a SIGINT during
 //! pre-training checkpoints at the next step and exits cleanly, `--resume auto` continues
 //! from that checkpoint, bad input ends with an error that names it, and `selftest` and
-//! `bench` report what they measured.
+//! `bench` report what they measured; any other subcommand stops at the first SIGINT.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -235,4 +235,40 @@ fn bench_reports_images_per_second_and_mfu() {
         .unwrap();
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("vit-gigantic"));
+}
+
+/// Only `pretrain` turns Ctrl-C into "checkpoint, then stop": any other subcommand has
+/// nothing to save, so the first SIGINT stops it at once (a long bench here).
+#[test]
+fn sigint_stops_other_subcommands_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = bin()
+        .args(["bench", "--model", "micro", "--batch", "2", "--warmup", "0"])
+        .args(["--steps", "100000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "bench still ran 30 s after SIGINT: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exited.signal(), Some(2), "{exited:?}");
 }

@@ -313,14 +313,25 @@ impl<B: Backend> Default for BinaryDefaults<B> {
 }
 
 /// Parses the process arguments, builds the backend with `make_backend` (so `--help`
-/// works on a machine without the device) and runs the subcommand. SIGINT and SIGTERM
-/// ask a running pre-training to checkpoint at the next step boundary and stop; a second
-/// signal exits at once.
+/// works on a machine without the device) and runs the subcommand. During `pretrain`,
+/// SIGINT and SIGTERM ask the run to checkpoint at the next step boundary and stop, and a
+/// second signal exits at once; every other subcommand keeps the default handling (the
+/// signal stops it), since it has nothing to save.
 pub fn main<B: Backend>(
     make_backend: impl FnOnce() -> Result<B>,
     defaults: BinaryDefaults<B>,
 ) -> Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Pretrain { .. }) {
+        checkpoint_on_interrupt();
+    }
+    let backend = make_backend()?;
+    run_as(&backend, cli, defaults)
+}
+
+/// Turns the first SIGINT or SIGTERM into a request to checkpoint and stop; the second
+/// exits at once.
+fn checkpoint_on_interrupt() {
     let installed = ctrlc::set_handler(|| {
         if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
             eprintln!("second interrupt: exiting without a checkpoint");
@@ -331,8 +342,6 @@ pub fn main<B: Backend>(
     if let Err(e) = installed {
         eprintln!("warning: no interrupt handler ({e}); Ctrl-C will stop without a checkpoint");
     }
-    let backend = make_backend()?;
-    run_as(&backend, cli, defaults)
 }
 
 /// Runs a parsed command line on `backend` with the defaults of no binary in particular.

@@ -225,6 +225,9 @@ const OPTIONAL_KEYS: &[&str] = &[
     "model.predictor_init_scale",
 ];
 
+/// The most decoding threads a recipe may ask for.
+const MAX_WORKERS: usize = 1024;
+
 impl Recipe {
     /// Loads a built-in recipe by name or a TOML file by path, applies `overrides`
     /// (`key=value`), and checks the result.
@@ -369,17 +372,29 @@ impl Recipe {
         }
         let o = &self.optim;
         let d = &self.data;
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 18] = [
             (o.epochs >= 1, "optim.epochs must be at least 1"),
             (o.batch_size >= 1, "optim.batch_size must be at least 1"),
             (o.accum_iter >= 1, "optim.accum_iter must be at least 1"),
             (
-                o.warmup_epochs >= 0.0,
-                "optim.warmup_epochs must not be negative",
+                o.warmup_epochs >= 0.0 && o.warmup_epochs.is_finite(),
+                "optim.warmup_epochs must be a number, not negative",
             ),
             (
                 o.blr > 0.0 && o.blr.is_finite(),
                 "optim.blr must be a positive number",
+            ),
+            (
+                o.min_lr >= 0.0 && o.min_lr.is_finite(),
+                "optim.min_lr must be a number, not negative",
+            ),
+            (
+                o.weight_decay >= 0.0 && o.weight_decay.is_finite(),
+                "optim.weight_decay must be a number, not negative",
+            ),
+            (
+                o.eps > 0.0 && o.eps.is_finite(),
+                "optim.eps must be a positive number",
             ),
             (
                 (0.0..1.0).contains(&o.betas[0]) && (0.0..1.0).contains(&o.betas[1]),
@@ -402,6 +417,16 @@ impl Recipe {
                 "data.input_size must be at least data.context_size",
             ),
             (d.workers >= 1, "data.workers must be at least 1"),
+            // Each worker is a thread with its own decode buffers; beyond any machine's
+            // core count they only cost memory (100000 exhausted the process).
+            (
+                d.workers <= MAX_WORKERS,
+                "data.workers must be at most 1024",
+            ),
+            (
+                self.run.max_nonfinite >= 1,
+                "run.max_nonfinite must be at least 1",
+            ),
             (self.run.keep_last >= 1, "run.keep_last must be at least 1"),
             (
                 self.run.log_every >= 1 && self.run.checkpoint_every >= 1,
@@ -483,6 +508,27 @@ mod tests {
         assert!(e.contains("key=value"), "{e}");
         let e = Recipe::load("no-such-recipe", &[]).unwrap_err().to_string();
         assert!(e.contains("neither a built-in recipe"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        for (set, key) in [
+            ("optim.weight_decay=nan", "optim.weight_decay"),
+            ("optim.weight_decay=-100", "optim.weight_decay"),
+            ("optim.min_lr=nan", "optim.min_lr"),
+            ("optim.min_lr=-1e-6", "optim.min_lr"),
+            ("optim.eps=-1", "optim.eps"),
+            ("optim.eps=0", "optim.eps"),
+            ("optim.warmup_epochs=inf", "optim.warmup_epochs"),
+            ("run.max_nonfinite=0", "run.max_nonfinite"),
+            ("data.workers=1025", "data.workers"),
+        ] {
+            let e = Recipe::load("micro", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        Recipe::load("micro", &["data.workers=1024".into()]).unwrap();
     }
 
     #[test]
