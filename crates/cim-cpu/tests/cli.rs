@@ -236,3 +236,35 @@ fn bench_reports_images_per_second_and_mfu() {
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("vit-gigantic"));
 }
+
+/// `pretrain --recipe micro` on `data` into `out` for `steps` steps, with `extra` flags.
+fn pretrain(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> (bool, String) {
+    let out = bin()
+        .args(["pretrain", "--recipe", "micro", "--no-progress", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--max-steps", &steps.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_run_folder_in_the_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    let (ok, text) = pretrain(&data, &data, 1, &[]);
+    assert!(!ok && text.contains("lies in the data folder"), "{text}");
+    let (ok, text) = pretrain(&data, &data.join("runs/one"), 1, &["--resume", "auto"]);
+    assert!(!ok && text.contains("lies in the data folder"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        12,
+        "nothing added"
+    );
+}

@@ -124,12 +124,12 @@ pub fn save<B: Backend>(
     }
     fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
-    let all = list(run)?;
-    if all.len() > keep_last {
-        for old in &all[..all.len() - keep_last] {
-            fs::remove_dir_all(old)
-                .with_context(|| format!("removing old checkpoint {}", old.display()))?;
-        }
+    // The one just written is kept whatever sorts after it; the oldest others go.
+    let others: Vec<PathBuf> = list(run)?.into_iter().filter(|p| *p != final_dir).collect();
+    let excess = (others.len() + 1).saturating_sub(keep_last.max(1));
+    for old in &others[..excess] {
+        fs::remove_dir_all(old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
     }
     Ok(final_dir)
 }

@@ -437,6 +437,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 ));
             }
             let recipe = Recipe::load(&recipe, &overrides)?;
+            refuse_out_in_data(&out, Path::new(&recipe.data.path))?;
             let resume = match resume.as_deref() {
                 None => Resume::No,
                 Some("auto") => Resume::Auto,
@@ -756,6 +757,41 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             Ok(())
         }
     }
+}
+
+/// Refuses a run folder that is the data folder or lies inside it: the run's PNGs would
+/// join the dataset (the end-of-run figure and any later run read it again).
+fn refuse_out_in_data(out: &Path, data: &Path) -> Result<()> {
+    let Ok(data) = data.canonicalize() else {
+        return Ok(()); // opening the data names the problem
+    };
+    // `out` need not exist yet: resolve its nearest existing ancestor.
+    let mut probe = out.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(p) = probe.canonicalize() {
+            break rest.iter().rev().fold(p, |p: PathBuf, part| p.join(part));
+        }
+        match (probe.file_name(), probe.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                probe = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return Ok(()),
+        }
+    };
+    if data.is_dir() && resolved.starts_with(&data) {
+        bail!(
+            "--out {} lies in the data folder {}: the run's images (loss.png, figure5.png) would join the dataset; choose an --out outside it",
+            out.display(),
+            data.display()
+        );
+    }
+    Ok(())
 }
 
 /// `s` as a TOML string literal (for recipe overrides built from paths).
