@@ -37,8 +37,14 @@ pub struct TrainState {
     pub epoch: u64,
     /// Micro-batch index within that epoch to continue from.
     pub next_batch: u64,
-    /// Steps skipped for non-finite values so far.
-    pub skipped: u64,
+    /// Steps skipped for non-finite values so far (named `skipped` in state.json, as
+    /// format 1 was first written).
+    #[serde(rename = "skipped")]
+    pub nonfinite_steps: u64,
+    /// Undecodable files passed over so far (absent from checkpoints written before it
+    /// was counted).
+    #[serde(default)]
+    pub skipped_files: u64,
     /// Seed of the run.
     pub seed: u64,
     /// SHA-256 of the resolved recipe.

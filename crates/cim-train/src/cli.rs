@@ -443,6 +443,8 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 Some("auto") => Resume::Auto,
                 Some(p) => Resume::From(PathBuf::from(p)),
             };
+            // The end-of-run figure passes over as many bad files as training may skip.
+            let bad_files = skip_bad_files.unwrap_or(0);
             let skip = match skip_bad_files {
                 None => SkipPolicy::Fail,
                 Some(budget) => SkipPolicy::Skip {
@@ -526,31 +528,24 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             }
             let figure = out.join("figure5.png");
             let count = source.images().min(4);
-            let (_, mut model, _, _) = runs::open(backend, &out, count)?;
-            let preds = visualize::predict(
-                backend,
-                &recipe,
-                &mut model,
-                Path::new(&recipe.data.path),
-                1234,
-            )?;
-            let c = model.config();
-            visualize::figure5(
-                &preds,
-                c.context_size,
-                c.exemplar_size,
-                c.exemplars,
-                &figure,
-            )?;
+            let preds = end_of_run_figure(backend, &recipe, &out, count, bad_files, &figure)
+                .with_context(|| {
+                    format!(
+                        "drawing {} after training (the run's checkpoints and metrics are written)",
+                        figure.display()
+                    )
+                })?;
+            let c = recipe.model_config()?;
             println!(
-                "{outcome} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} ({}){agreement}",
+                "{outcome} after {} steps: last loss {}, nonfinite_steps {}, skipped_files {}; checkpoint {}; metrics {}; loss curve {}; figure {} ({}){agreement}",
                 summary.steps,
                 if summary.last_loss.is_finite() {
                     format!("{:.4}", summary.last_loss)
                 } else {
                     "- (no step taken)".to_string()
                 },
-                summary.skipped,
+                summary.nonfinite_steps,
+                summary.skipped_files,
                 summary
                     .checkpoint
                     .as_ref()
@@ -573,7 +568,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 bail!("--count must be at least 1");
             }
             let (recipe, mut model, state, loc) = runs::open(backend, &checkpoint, count)?;
-            let preds = visualize::predict(backend, &recipe, &mut model, &images, seed)?;
+            let preds = visualize::predict(backend, &recipe, &mut model, &images, seed, 0)?;
             let c = model.config();
             visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, &out)?;
             println!(
@@ -757,6 +752,24 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             Ok(())
         }
     }
+}
+
+/// Draws Figure 5 of the run in `out` (its newest checkpoint, on `count` of its training
+/// images, passing over up to `bad_files` undecodable ones) into `figure`.
+fn end_of_run_figure<B: Backend>(
+    backend: &B,
+    recipe: &Recipe,
+    out: &Path,
+    count: usize,
+    bad_files: usize,
+    figure: &Path,
+) -> Result<visualize::Predictions> {
+    let (_, mut model, _, _) = runs::open(backend, out, count)?;
+    let data = Path::new(&recipe.data.path);
+    let preds = visualize::predict(backend, recipe, &mut model, data, 1234, bad_files)?;
+    let c = model.config();
+    visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, figure)?;
+    Ok(preds)
 }
 
 /// Refuses a run folder that is the data folder or lies inside it: the run's PNGs would

@@ -59,6 +59,11 @@ pub trait Feed<B: Backend> {
     fn fill(&mut self, b: &B, epoch: u64, index: u64, into: &mut Batch<B>) -> Result<()>;
     /// Seconds the last calls spent waiting for data (reset on read).
     fn take_wait_seconds(&mut self) -> f64;
+    /// Undecodable files passed over by the last calls (reset on read); only a source of
+    /// files that may skip them has any.
+    fn take_skipped_files(&mut self) -> u64 {
+        0
+    }
 }
 
 impl<B: Backend, S: PairSource + ?Sized> Feed<B> for S {
@@ -142,8 +147,11 @@ pub struct Summary {
     pub steps: u64,
     /// Loss of the last micro-batch.
     pub last_loss: f32,
-    /// Steps skipped for non-finite values.
-    pub skipped: u64,
+    /// Steps skipped for non-finite values, in total.
+    pub nonfinite_steps: u64,
+    /// Undecodable files this process passed over (each logged to skipped.jsonl), in
+    /// total.
+    pub skipped_files: u64,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run early.
@@ -273,7 +281,8 @@ pub fn pretrain_distributed<B: Backend>(
         step: 0,
         epoch: 0,
         next_batch: 0,
-        skipped: 0,
+        nonfinite_steps: 0,
+        skipped_files: 0,
         seed,
         recipe_hash: recipe.hash(),
         backend: b.name().to_string(),
@@ -366,6 +375,7 @@ pub fn pretrain_distributed<B: Backend>(
             }
             source.fill(b, epoch, i, &mut batch)?;
             window.2 += source.take_wait_seconds();
+            state.skipped_files += source.take_skipped_files();
             // Dividing by the world size too makes the sum over the ranks the mean (S6).
             let divisor = o.accum_iter * world;
             let last_micro = (i + 1) % accum == 0;
@@ -400,7 +410,7 @@ pub fn pretrain_distributed<B: Backend>(
             let norm = model.grad_norm(b).map_err(backend_err)?;
             let stepped = group_loss.is_finite() && norm.is_finite();
             if !stepped {
-                state.skipped += 1;
+                state.nonfinite_steps += 1;
                 nonfinite_run += 1;
                 let culprit = model
                     .first_non_finite_grad(b)
@@ -447,7 +457,8 @@ pub fn pretrain_distributed<B: Backend>(
                     let line = json!({
                         "step": state.step, "epoch": epoch, "loss": group_loss, "lr": lr,
                         "momentum": momentum, "grad_norm": norm, "img_per_s": img_s,
-                        "data_wait": (window.2 / secs).min(1.0), "skipped": state.skipped,
+                        "data_wait": (window.2 / secs).min(1.0),
+                        "nonfinite_steps": state.nonfinite_steps, "skipped_files": state.skipped_files,
                     });
                     if let Some(metrics) = &mut metrics {
                         writeln!(metrics, "{line}")?;
@@ -504,7 +515,8 @@ pub fn pretrain_distributed<B: Backend>(
     Ok(Summary {
         steps: state.step,
         last_loss,
-        skipped: state.skipped,
+        nonfinite_steps: state.nonfinite_steps,
+        skipped_files: state.skipped_files,
         checkpoint: last_ckpt,
         interrupted,
         replica_digest,

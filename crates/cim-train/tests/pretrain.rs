@@ -239,7 +239,7 @@ fn non_finite_steps_are_skipped_counted_and_finally_stop_the_run() {
         bad: |e, i| e == 0 && i == 2,
     };
     let s = pretrain(&b, &r, &mut src, &options(dir.path(), Resume::No, None)).unwrap();
-    assert_eq!((s.steps, s.skipped), (5, 1));
+    assert_eq!((s.steps, s.nonfinite_steps, s.skipped_files), (5, 1, 0));
     assert!(s.last_loss.is_finite());
     // From epoch 1 on every batch is poisoned: after max_nonfinite (3) skips in a row the
     // run stops naming the step and the first non-finite tensor; checkpoints stay finite.
