@@ -19,7 +19,7 @@ use cim_spec::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{backend_err, download};
-use crate::dump::model_tensors;
+use crate::dump::{FIXED_TENSORS, model_tensors};
 use crate::tensors::TensorSet;
 
 /// Checkpoint format this build writes and reads.
@@ -215,6 +215,41 @@ pub fn load<B: Backend>(
                 .map_err(backend_err)?;
         }
     }
+    let mut expected: Vec<String> = FIXED_TENSORS.iter().map(|n| n.to_string()).collect();
+    for t in &layout.tensors {
+        expected.push(t.name.clone());
+        expected.extend(ParamLayout::target_name(&t.name));
+    }
+    refuse_unexpected(&weights, &wpath, &expected)?;
+    if let Some((set, p)) = &optim {
+        let moments: Vec<String> = (layout.tensors.iter().filter(|t| t.trainable))
+            .flat_map(|t| {
+                [
+                    format!("exp_avg.{}", t.name),
+                    format!("exp_avg_sq.{}", t.name),
+                ]
+            })
+            .collect();
+        refuse_unexpected(set, p, &moments)?;
+    }
     *steps = state.step;
     Ok(state)
+}
+
+/// Refuses a checkpoint file holding tensors the model has no place for (as PyTorch's
+/// strict `load_state_dict`): they mean another model or a damaged file, and loading the
+/// rest silently would hide it.
+fn refuse_unexpected(set: &TensorSet, file: &Path, expected: &[String]) -> Result<()> {
+    let unexpected: Vec<&str> = set
+        .names()
+        .filter(|n| !expected.iter().any(|e| e == n))
+        .collect();
+    if !unexpected.is_empty() {
+        bail!(
+            "{}: unexpected tensor(s) {} that this model has no place for (another model, or a damaged file)",
+            file.display(),
+            unexpected.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -524,3 +524,34 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
     );
     assert_eq!(s.unwrap().steps, 1);
 }
+
+#[test]
+fn a_checkpoint_with_an_unexpected_tensor_is_refused() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(1))).unwrap();
+    let ckpt = checkpoint::step_dir(&run, 1);
+    let mut model = Cim::new(&b, r.model_config().unwrap(), 2, 0).unwrap();
+    checkpoint::load(&b, &mut model, &ckpt, true).unwrap();
+    for (file, extra) in [
+        ("model.safetensors", "blocks.99.attn.qkv.weight"),
+        ("optimizer.safetensors", "exp_avg.not_a_parameter"),
+    ] {
+        let path = ckpt.join(file);
+        let original = fs::read(&path).unwrap();
+        let mut set = TensorSet::read(&path).unwrap();
+        set.push(extra, &[2], vec![0.0, 1.0]).unwrap();
+        set.write(&path, None).unwrap();
+        let e = format!(
+            "{:#}",
+            checkpoint::load(&b, &mut model, &ckpt, true).unwrap_err()
+        );
+        assert!(
+            e.contains("unexpected tensor(s) ") && e.contains(extra),
+            "{e}"
+        );
+        fs::write(&path, original).unwrap();
+    }
+}
