@@ -116,7 +116,7 @@ fn main() -> Result<()> {
             let seed: u64 = args.get(4).map_or(Ok(1234), |s| s.parse())?;
             let (recipe, mut model, state, _) = cim_train::runs::open(&b, Path::new(ckpt), count)?;
             let p =
-                cim_train::visualize::predict(&b, &recipe, &mut model, Path::new(images), seed)?;
+                cim_train::visualize::predict(&b, &recipe, &mut model, Path::new(images), seed, 0)?;
             let c = model.config();
             print!("step {}: ", state.step);
             report(

@@ -272,3 +272,68 @@ fn sigint_stops_other_subcommands_at_once() {
     };
     assert_eq!(exited.signal(), Some(2), "{exited:?}");
 }
+
+/// `pretrain --recipe micro` on `data` into `out` for `steps` steps, with `extra` flags.
+fn pretrain(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> (bool, String) {
+    let out = bin()
+        .args(["pretrain", "--recipe", "micro", "--no-progress", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--max-steps", &steps.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn skipping_bad_files_lasts_to_the_end_of_run_figure_and_is_counted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    // Sorts first, so the figure's first image is the bad one.
+    std::fs::write(data.join("aa-text.jpg"), "not a jpeg").unwrap();
+    let run = dir.path().join("run");
+    // Enough steps to read all of epoch 0, so training meets the bad file too.
+    let (ok, text) = pretrain(&data, &run, 8, &["--skip-bad-files", "3"]);
+    assert!(ok, "{text}");
+    assert!(run.join("figure5.png").is_file(), "{text}");
+    let skipped_files = std::fs::read_to_string(run.join("skipped.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(skipped_files >= 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "nonfinite_steps 0, skipped_files {skipped_files};"
+        )),
+        "{text}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["nonfinite_steps"], 0, "{last}");
+    assert_eq!(last["skipped_files"], skipped_files, "{last}");
+    assert!(last.get("skipped").is_none(), "{last}");
+    // Without the skip policy the bad file stops the run, naming it.
+    let (ok, text) = pretrain(&data, &dir.path().join("strict"), 8, &[]);
+    assert!(!ok && text.contains("aa-text.jpg"), "{text}");
+}
+
+#[test]
+fn a_run_folder_in_the_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    let (ok, text) = pretrain(&data, &data, 1, &[]);
+    assert!(!ok && text.contains("lies in the data folder"), "{text}");
+    let (ok, text) = pretrain(&data, &data.join("runs/one"), 1, &["--resume", "auto"]);
+    assert!(!ok && text.contains("lies in the data folder"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        12,
+        "nothing added"
+    );
+}

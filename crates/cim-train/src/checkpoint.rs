@@ -19,7 +19,7 @@ use cim_spec::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{backend_err, download};
-use crate::dump::model_tensors;
+use crate::dump::{FIXED_TENSORS, model_tensors};
 use crate::tensors::TensorSet;
 
 /// Checkpoint format this build writes and reads.
@@ -37,8 +37,14 @@ pub struct TrainState {
     pub epoch: u64,
     /// Micro-batch index within that epoch to continue from.
     pub next_batch: u64,
-    /// Steps skipped for non-finite values so far.
-    pub skipped: u64,
+    /// Steps skipped for non-finite values so far (named `skipped` in state.json, as
+    /// format 1 was first written).
+    #[serde(rename = "skipped")]
+    pub nonfinite_steps: u64,
+    /// Undecodable files passed over so far (absent from checkpoints written before it
+    /// was counted).
+    #[serde(default)]
+    pub skipped_files: u64,
     /// Seed of the run.
     pub seed: u64,
     /// SHA-256 of the resolved recipe.
@@ -124,12 +130,12 @@ pub fn save<B: Backend>(
     }
     fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
-    let all = list(run)?;
-    if all.len() > keep_last {
-        for old in &all[..all.len() - keep_last] {
-            fs::remove_dir_all(old)
-                .with_context(|| format!("removing old checkpoint {}", old.display()))?;
-        }
+    // The one just written is kept whatever sorts after it; the oldest others go.
+    let others: Vec<PathBuf> = list(run)?.into_iter().filter(|p| *p != final_dir).collect();
+    let excess = (others.len() + 1).saturating_sub(keep_last.max(1));
+    for old in &others[..excess] {
+        fs::remove_dir_all(old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
     }
     Ok(final_dir)
 }
@@ -209,6 +215,41 @@ pub fn load<B: Backend>(
                 .map_err(backend_err)?;
         }
     }
+    let mut expected: Vec<String> = FIXED_TENSORS.iter().map(|n| n.to_string()).collect();
+    for t in &layout.tensors {
+        expected.push(t.name.clone());
+        expected.extend(ParamLayout::target_name(&t.name));
+    }
+    refuse_unexpected(&weights, &wpath, &expected)?;
+    if let Some((set, p)) = &optim {
+        let moments: Vec<String> = (layout.tensors.iter().filter(|t| t.trainable))
+            .flat_map(|t| {
+                [
+                    format!("exp_avg.{}", t.name),
+                    format!("exp_avg_sq.{}", t.name),
+                ]
+            })
+            .collect();
+        refuse_unexpected(set, p, &moments)?;
+    }
     *steps = state.step;
     Ok(state)
+}
+
+/// Refuses a checkpoint file holding tensors the model has no place for (as PyTorch's
+/// strict `load_state_dict`): they mean another model or a damaged file, and loading the
+/// rest silently would hide it.
+fn refuse_unexpected(set: &TensorSet, file: &Path, expected: &[String]) -> Result<()> {
+    let unexpected: Vec<&str> = set
+        .names()
+        .filter(|n| !expected.iter().any(|e| e == n))
+        .collect();
+    if !unexpected.is_empty() {
+        bail!(
+            "{}: unexpected tensor(s) {} that this model has no place for (another model, or a damaged file)",
+            file.display(),
+            unexpected.join(", ")
+        );
+    }
+    Ok(())
 }

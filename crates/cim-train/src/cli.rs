@@ -446,11 +446,14 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 ));
             }
             let recipe = Recipe::load(&recipe, &overrides)?;
+            refuse_out_in_data(&out, Path::new(&recipe.data.path))?;
             let resume = match resume.as_deref() {
                 None => Resume::No,
                 Some("auto") => Resume::Auto,
                 Some(p) => Resume::From(PathBuf::from(p)),
             };
+            // The end-of-run figure passes over as many bad files as training may skip.
+            let bad_files = skip_bad_files.unwrap_or(0);
             let skip = match skip_bad_files {
                 None => SkipPolicy::Fail,
                 Some(budget) => SkipPolicy::Skip {
@@ -534,31 +537,24 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             }
             let figure = out.join("figure5.png");
             let count = source.images().min(4);
-            let (_, mut model, _, _) = runs::open(backend, &out, count)?;
-            let preds = visualize::predict(
-                backend,
-                &recipe,
-                &mut model,
-                Path::new(&recipe.data.path),
-                1234,
-            )?;
-            let c = model.config();
-            visualize::figure5(
-                &preds,
-                c.context_size,
-                c.exemplar_size,
-                c.exemplars,
-                &figure,
-            )?;
+            let preds = end_of_run_figure(backend, &recipe, &out, count, bad_files, &figure)
+                .with_context(|| {
+                    format!(
+                        "drawing {} after training (the run's checkpoints and metrics are written)",
+                        figure.display()
+                    )
+                })?;
+            let c = recipe.model_config()?;
             println!(
-                "{outcome} after {} steps: last loss {}, {} skipped; checkpoint {}; metrics {}; loss curve {}; figure {} ({}){agreement}",
+                "{outcome} after {} steps: last loss {}, nonfinite_steps {}, skipped_files {}; checkpoint {}; metrics {}; loss curve {}; figure {} ({}){agreement}",
                 summary.steps,
                 if summary.last_loss.is_finite() {
                     format!("{:.4}", summary.last_loss)
                 } else {
                     "- (no step taken)".to_string()
                 },
-                summary.skipped,
+                summary.nonfinite_steps,
+                summary.skipped_files,
                 summary
                     .checkpoint
                     .as_ref()
@@ -581,7 +577,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 bail!("--count must be at least 1");
             }
             let (recipe, mut model, state, loc) = runs::open(backend, &checkpoint, count)?;
-            let preds = visualize::predict(backend, &recipe, &mut model, &images, seed)?;
+            let preds = visualize::predict(backend, &recipe, &mut model, &images, seed, 0)?;
             let c = model.config();
             visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, &out)?;
             println!(
@@ -765,6 +761,59 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             Ok(())
         }
     }
+}
+
+/// Draws Figure 5 of the run in `out` (its newest checkpoint, on `count` of its training
+/// images, passing over up to `bad_files` undecodable ones) into `figure`.
+fn end_of_run_figure<B: Backend>(
+    backend: &B,
+    recipe: &Recipe,
+    out: &Path,
+    count: usize,
+    bad_files: usize,
+    figure: &Path,
+) -> Result<visualize::Predictions> {
+    let (_, mut model, _, _) = runs::open(backend, out, count)?;
+    let data = Path::new(&recipe.data.path);
+    let preds = visualize::predict(backend, recipe, &mut model, data, 1234, bad_files)?;
+    let c = model.config();
+    visualize::figure5(&preds, c.context_size, c.exemplar_size, c.exemplars, figure)?;
+    Ok(preds)
+}
+
+/// Refuses a run folder that is the data folder or lies inside it: the run's PNGs would
+/// join the dataset (the end-of-run figure and any later run read it again).
+fn refuse_out_in_data(out: &Path, data: &Path) -> Result<()> {
+    let Ok(data) = data.canonicalize() else {
+        return Ok(()); // opening the data names the problem
+    };
+    // `out` need not exist yet: resolve its nearest existing ancestor.
+    let mut probe = out.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(p) = probe.canonicalize() {
+            break rest.iter().rev().fold(p, |p: PathBuf, part| p.join(part));
+        }
+        match (probe.file_name(), probe.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                probe = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return Ok(()),
+        }
+    };
+    if data.is_dir() && resolved.starts_with(&data) {
+        bail!(
+            "--out {} lies in the data folder {}: the run's images (loss.png, figure5.png) would join the dataset; choose an --out outside it",
+            out.display(),
+            data.display()
+        );
+    }
+    Ok(())
 }
 
 /// `s` as a TOML string literal (for recipe overrides built from paths).

@@ -118,6 +118,7 @@ pub struct DataSource<'b, B: Backend> {
     options: LoaderOptions,
     render: Render<'b, B>,
     waited: Duration,
+    skipped_files: u64,
 }
 
 impl<'b, B: Backend> DataSource<'b, B> {
@@ -174,6 +175,7 @@ impl<'b, B: Backend> DataSource<'b, B> {
             options,
             render,
             waited: Duration::ZERO,
+            skipped_files: 0,
         })
     }
 
@@ -199,11 +201,13 @@ impl<B: Backend> Feed<B> for DataSource<'_, B> {
         match &mut self.render {
             Render::Host(cursor) => {
                 let pairs = cursor.batch(dataset, cfg, options, at, &mut self.waited)?;
+                self.skipped_files += pairs.skipped.len() as u64;
                 into.upload(b, &pairs.context, &pairs.exemplars, &pairs.maps)
                     .map_err(backend_err)
             }
             Render::Device(cursor, renderer) => {
                 let views = cursor.batch(dataset, cfg, options, at, &mut self.waited)?;
+                self.skipped_files += views.skipped.len() as u64;
                 renderer.render(b, &views, into)
             }
         }
@@ -211,5 +215,9 @@ impl<B: Backend> Feed<B> for DataSource<'_, B> {
 
     fn take_wait_seconds(&mut self) -> f64 {
         std::mem::take(&mut self.waited).as_secs_f64()
+    }
+
+    fn take_skipped_files(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped_files)
     }
 }

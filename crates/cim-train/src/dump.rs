@@ -41,6 +41,10 @@ pub struct DumpOptions {
     pub momentum: f64,
 }
 
+/// The fixed (sin-cos) position embeddings [`model_tensors`] adds to the parameters, for
+/// the release's loaders; ours recompute them.
+pub const FIXED_TENSORS: [&str; 2] = ["pos_embed", "decoder_pos_embed"];
+
 /// Every model tensor of `model` under its S12 name: the online network, the class
 /// token and the decoder, the target encoder, and the fixed position embeddings.
 pub fn model_tensors<B: Backend>(b: &B, model: &Cim<B>) -> Result<TensorSet> {
@@ -63,10 +67,10 @@ pub fn model_tensors<B: Backend>(b: &B, model: &Cim<B>) -> Result<TensorSet> {
     let c = model.config();
     let (dim, g0) = (c.encoder.dim, c.encoder.pos_grid());
     let pos = pos_embed::sincos_2d(dim, g0).map_err(|e| anyhow!("{e}"))?;
-    set.push("pos_embed", &[1, 1 + g0 * g0, dim], pos)?;
+    set.push(FIXED_TENSORS[0], &[1, 1 + g0 * g0, dim], pos)?;
     let (w, g) = (c.decoder.width, c.context_grid());
     let dpos = pos_embed::sincos_2d(w, g).map_err(|e| anyhow!("{e}"))?;
-    set.push("decoder_pos_embed", &[1, 1 + g * g, w], dpos)?;
+    set.push(FIXED_TENSORS[1], &[1, 1 + g * g, w], dpos)?;
     Ok(set)
 }
 

@@ -1,14 +1,18 @@
 //! Finding and opening what a run left: its resolved recipe and checkpoints, given
-//! either a checkpoint folder or a run folder (which means its newest checkpoint).
+//! either a checkpoint folder or a run folder (which means its newest checkpoint); and
+//! deciding, before a run writes anything, where it starts and whether its folder is safe
+//! to write to.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use cim_model::Cim;
 use cim_spec::backend::Backend;
 
 use crate::checkpoint::{self, TrainState};
 use crate::recipe::Recipe;
+use crate::trainer::Resume;
 
 /// A checkpoint resolved from a user's path.
 pub struct Located {
@@ -63,4 +67,112 @@ pub fn open<B: Backend>(
         .map_err(|e| anyhow!("building the model: {e}"))?;
     let state = checkpoint::load(b, &mut model, &loc.checkpoint, false)?;
     Ok((recipe, model, state, loc))
+}
+
+/// Where a run in `run` starts, decided before anything is written: `None` for a fresh
+/// start, else the checkpoint to continue. Refuses a start that would overwrite or mix
+/// with what `run` already holds: a fresh start (also `--resume auto` without a complete
+/// checkpoint) needs `run` absent or empty; resuming from a checkpoint of `run` needs no
+/// newer complete checkpoint beside it (their metrics would be cut and `keep_last` would
+/// prune the new checkpoints before the abandoned ones); resuming from another folder's
+/// checkpoint (a fork) needs `run` absent or empty.
+pub fn start_point(run: &Path, resume: &Resume) -> Result<Option<PathBuf>> {
+    let complete = checkpoint::list(run)?;
+    match resume {
+        Resume::No => {
+            if let Some(last) = complete.last() {
+                bail!(
+                    "run folder {} already holds checkpoints (newest {}): pass --resume auto to continue it, or choose another --out",
+                    run.display(),
+                    last.display()
+                );
+            }
+            require_empty(run, "a new run")?;
+            Ok(None)
+        }
+        Resume::Auto => match complete.last() {
+            Some(last) => Ok(Some(last.clone())),
+            None => {
+                require_empty(run, "a new run")?;
+                Ok(None)
+            }
+        },
+        Resume::From(from) => {
+            let step = checkpoint::read_state(from)
+                .with_context(|| format!("resuming from {}", from.display()))?
+                .step;
+            let inside = is_checkpoint_of(run, from);
+            let in_the_way: Vec<String> = complete
+                .iter()
+                .filter(|c| !inside || step_of(c).is_none_or(|s| s > step))
+                .map(|c| c.display().to_string())
+                .collect();
+            if !in_the_way.is_empty() {
+                let why = if inside {
+                    format!("newer than the resume point (step {step})")
+                } else {
+                    format!("and {} is not one of them", from.display())
+                };
+                bail!(
+                    "run folder {} holds checkpoint(s) {} {why}: resuming there would mix two histories (metrics cut, the new checkpoints pruned first); resume into a fresh --out, or delete those checkpoints",
+                    run.display(),
+                    in_the_way.join(", ")
+                );
+            }
+            if !inside {
+                require_empty(run, "a run forked from another run's checkpoint")?;
+            }
+            Ok(Some(from.clone()))
+        }
+    }
+}
+
+/// The step in a checkpoint folder's name (`step-00000042`).
+fn step_of(checkpoint: &Path) -> Option<u64> {
+    checkpoint
+        .file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
+/// Whether `checkpoint` sits in `run`'s checkpoints folder (however either is spelled).
+fn is_checkpoint_of(run: &Path, checkpoint: &Path) -> bool {
+    let ours = run.join("checkpoints").canonicalize();
+    let parent = checkpoint
+        .canonicalize()
+        .map(|c| c.parent().map(Path::to_path_buf));
+    matches!((ours, parent), (Ok(a), Ok(Some(b))) if a == b)
+}
+
+/// Refuses a new run in a folder that holds anything: its files (a user's, or what an
+/// earlier run left before its first complete checkpoint) would be overwritten or mixed in.
+fn require_empty(run: &Path, start: &str) -> Result<()> {
+    if !run.exists() {
+        return Ok(());
+    }
+    if !run.is_dir() {
+        bail!("--out {} is a file, not a run folder", run.display());
+    }
+    let mut names: Vec<String> = fs::read_dir(run)
+        .with_context(|| format!("listing {}", run.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    const SHOWN: usize = 3;
+    let more = match names.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    names.truncate(SHOWN);
+    bail!(
+        "run folder {} is not empty (it holds {}{more}) and has no complete checkpoint to resume: {start} needs an absent or empty --out, so that nothing there is overwritten; choose another --out, or delete the folder",
+        run.display(),
+        names.join(", ")
+    )
 }

@@ -16,6 +16,10 @@
 //! together to stop (a signal on any of them), and skip the same steps since they see the
 //! same summed gradients and loss. Only rank 0 writes to the run folder, after every rank
 //! showed it holds the same model.
+//!
+//! Nothing is written to the run folder before every check of the start passed (the
+//! folder's state and resume point, the recipe, the data, the model, the checkpoint), so
+//! a refused start leaves the folder as it was.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -37,6 +41,7 @@ use crate::distributed::{
 };
 use crate::plot;
 use crate::recipe::Recipe;
+use crate::runs;
 use crate::synthetic::{self, HostBatch};
 
 /// Set by the SIGINT/SIGTERM handler: checkpoint at the next step boundary, then stop.
@@ -54,6 +59,11 @@ pub trait Feed<B: Backend> {
     fn fill(&mut self, b: &B, epoch: u64, index: u64, into: &mut Batch<B>) -> Result<()>;
     /// Seconds the last calls spent waiting for data (reset on read).
     fn take_wait_seconds(&mut self) -> f64;
+    /// Undecodable files passed over by the last calls (reset on read); only a source of
+    /// files that may skip them has any.
+    fn take_skipped_files(&mut self) -> u64 {
+        0
+    }
 }
 
 impl<B: Backend, S: PairSource + ?Sized> Feed<B> for S {
@@ -137,8 +147,11 @@ pub struct Summary {
     pub steps: u64,
     /// Loss of the last micro-batch.
     pub last_loss: f32,
-    /// Steps skipped for non-finite values.
-    pub skipped: u64,
+    /// Steps skipped for non-finite values, in total.
+    pub nonfinite_steps: u64,
+    /// Undecodable files this process passed over (each logged to skipped.jsonl), in
+    /// total.
+    pub skipped_files: u64,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run early.
@@ -231,36 +244,19 @@ pub fn pretrain_distributed<B: Backend>(
     let o = &recipe.optim;
     let run = &opts.run_dir;
     let (root, world) = (comm.rank() == 0, comm.world_size());
-    fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
-    let resume_from = match &opts.resume {
-        Resume::No => {
-            if let Some(last) = checkpoint::list(run)?.last() {
-                bail!(
-                    "run folder {} already holds checkpoints (newest {}): pass --resume auto to continue it, or choose another --out",
-                    run.display(),
-                    last.display()
-                );
-            }
-            None
-        }
-        Resume::Auto => checkpoint::list(run)?.pop(),
-        Resume::From(p) => Some(p.clone()),
-    };
+    // Every check comes before the first write to the run folder, so a refused start
+    // leaves it as it was (module notes).
+    let resume_from = runs::start_point(run, &opts.resume)?;
     let recipe_path = run.join("recipe.toml");
-    if root {
-        if resume_from.is_some() && recipe_path.exists() {
-            let saved = Recipe::read_resolved(&recipe_path)?;
-            if saved.hash() != recipe.hash() {
-                bail!(
-                    "the recipe differs from the one {} was started with ({}); resume with the same recipe and overrides",
-                    run.display(),
-                    recipe_path.display()
-                );
-            }
+    if root && resume_from.is_some() && recipe_path.exists() {
+        let saved = Recipe::read_resolved(&recipe_path)?;
+        if saved.hash() != recipe.hash() {
+            bail!(
+                "the recipe differs from the one {} was started with ({}); resume with the same recipe and overrides",
+                run.display(),
+                recipe_path.display()
+            );
         }
-        let tmp = run.join("recipe.toml.partial");
-        fs::write(&tmp, recipe.to_toml())?;
-        fs::rename(&tmp, &recipe_path)?;
     }
 
     let per_epoch = source.batches_per_epoch();
@@ -285,7 +281,8 @@ pub fn pretrain_distributed<B: Backend>(
         step: 0,
         epoch: 0,
         next_batch: 0,
-        skipped: 0,
+        nonfinite_steps: 0,
+        skipped_files: 0,
         seed,
         recipe_hash: recipe.hash(),
         backend: b.name().to_string(),
@@ -309,9 +306,24 @@ pub fn pretrain_distributed<B: Backend>(
             );
         }
     }
+    let eff_batch = o.batch_size * o.accum_iter * world;
+    let peak = schedule::scaled_lr(o.blr, eff_batch);
+    let lr_schedule = LrSchedule::new(peak, o.min_lr, o.warmup_epochs, o.epochs as f64)
+        .map_err(|e| anyhow!("recipe {}: the learning-rate schedule: {e:?}", recipe.name))?;
+    let total_micro = o.epochs as u64 * per_epoch;
+    let steps_per_epoch = per_epoch / o.accum_iter as u64;
+    let total_steps = opts
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(o.epochs as u64 * steps_per_epoch);
+    let mut batch = Batch::new(b, &config, o.batch_size).map_err(backend_err)?;
     check_replicas(b, comm, &model, "at the start")?;
+    fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = if root {
+        let tmp = run.join("recipe.toml.partial");
+        fs::write(&tmp, recipe.to_toml())?;
+        fs::rename(&tmp, &recipe_path)?;
         truncate_metrics(&metrics_path, state.step)?;
         let file = OpenOptions::new()
             .create(true)
@@ -323,16 +335,6 @@ pub fn pretrain_distributed<B: Backend>(
         None
     };
 
-    let eff_batch = o.batch_size * o.accum_iter * world;
-    let peak = schedule::scaled_lr(o.blr, eff_batch);
-    let lr_schedule = LrSchedule::new(peak, o.min_lr, o.warmup_epochs, o.epochs as f64)
-        .map_err(|e| anyhow!("{e:?}"))?;
-    let total_micro = o.epochs as u64 * per_epoch;
-    let steps_per_epoch = per_epoch / o.accum_iter as u64;
-    let total_steps = opts
-        .max_steps
-        .unwrap_or(u64::MAX)
-        .min(o.epochs as u64 * steps_per_epoch);
     let bar = (root && opts.progress && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(total_steps);
         bar.set_style(
@@ -343,7 +345,6 @@ pub fn pretrain_distributed<B: Backend>(
         bar
     });
 
-    let mut batch = Batch::new(b, &config, o.batch_size).map_err(backend_err)?;
     let buckets = distributed::gradient_buckets(model.layout(), DEFAULT_BUCKET_BYTES);
     let mut nonfinite_run = 0u32;
     let mut last_loss = f32::NAN;
@@ -374,6 +375,7 @@ pub fn pretrain_distributed<B: Backend>(
             }
             source.fill(b, epoch, i, &mut batch)?;
             window.2 += source.take_wait_seconds();
+            state.skipped_files += source.take_skipped_files();
             // Dividing by the world size too makes the sum over the ranks the mean (S6).
             let divisor = o.accum_iter * world;
             let last_micro = (i + 1) % accum == 0;
@@ -408,7 +410,7 @@ pub fn pretrain_distributed<B: Backend>(
             let norm = model.grad_norm(b).map_err(backend_err)?;
             let stepped = group_loss.is_finite() && norm.is_finite();
             if !stepped {
-                state.skipped += 1;
+                state.nonfinite_steps += 1;
                 nonfinite_run += 1;
                 let culprit = model
                     .first_non_finite_grad(b)
@@ -455,7 +457,8 @@ pub fn pretrain_distributed<B: Backend>(
                     let line = json!({
                         "step": state.step, "epoch": epoch, "loss": group_loss, "lr": lr,
                         "momentum": momentum, "grad_norm": norm, "img_per_s": img_s,
-                        "data_wait": (window.2 / secs).min(1.0), "skipped": state.skipped,
+                        "data_wait": (window.2 / secs).min(1.0),
+                        "nonfinite_steps": state.nonfinite_steps, "skipped_files": state.skipped_files,
                     });
                     if let Some(metrics) = &mut metrics {
                         writeln!(metrics, "{line}")?;
@@ -512,7 +515,8 @@ pub fn pretrain_distributed<B: Backend>(
     Ok(Summary {
         steps: state.step,
         last_loss,
-        skipped: state.skipped,
+        nonfinite_steps: state.nonfinite_steps,
+        skipped_files: state.skipped_files,
         checkpoint: last_ckpt,
         interrupted,
         replica_digest,

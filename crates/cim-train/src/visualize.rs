@@ -107,13 +107,17 @@ impl Predictions {
 }
 
 /// Runs `model` (built for micro-batches of `count`) on the pairs of `count` images of
-/// `images` spread evenly over it, drawn with `seed` as epoch 0 of a run would.
+/// `images` spread evenly over it, drawn with `seed` as epoch 0 of a run would. Up to
+/// `bad_files` undecodable images are passed over (each replaced by the next image, as the
+/// loader's skip policy does, and said on stderr), so a run that trained by skipping them
+/// can draw its figure; past that, the image's error.
 pub fn predict<B: Backend>(
     b: &B,
     recipe: &Recipe,
     model: &mut Cim<B>,
     images: &Path,
     seed: u64,
+    bad_files: usize,
 ) -> Result<Predictions> {
     let count = model.batch_size();
     let dataset = Dataset::open(images).with_context(|| format!("opening {}", images.display()))?;
@@ -122,9 +126,20 @@ pub fn predict<B: Backend>(
     }
     let cfg = pair_config(recipe);
     let (mut context, mut exemplars, mut maps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut passed_over = 0;
     for i in 0..count {
-        let index = i * dataset.len() / count;
-        let pair = sample(&dataset, &cfg, seed, 0, index).map_err(|e| anyhow!("{e}"))?;
+        let mut index = i * dataset.len() / count;
+        let pair = loop {
+            match sample(&dataset, &cfg, seed, 0, index) {
+                Ok(pair) => break pair,
+                Err(e) if passed_over < bad_files.min(dataset.len() - 1) => {
+                    eprintln!("figure: passing over an undecodable image: {e}");
+                    passed_over += 1;
+                    index = (index + 1) % dataset.len();
+                }
+                Err(e) => return Err(anyhow!("{e}")),
+            }
+        };
         context.extend_from_slice(&pair.context);
         exemplars.extend_from_slice(&pair.exemplars);
         maps.extend_from_slice(&pair.maps);

@@ -109,8 +109,8 @@ fn a_non_finite_value_on_one_rank_makes_every_rank_skip_that_step() {
     let [Ok(a), Ok(b)] = &out[..] else {
         panic!("{out:?}");
     };
-    assert_eq!((a.steps, a.skipped), (3, 1));
-    assert_eq!((b.steps, b.skipped), (3, 1));
+    assert_eq!((a.steps, a.nonfinite_steps), (3, 1));
+    assert_eq!((b.steps, b.nonfinite_steps), (3, 1));
     assert_eq!(a.last_loss.to_bits(), b.last_loss.to_bits());
     assert!(a.replica_digest.is_some());
     assert_eq!(a.replica_digest, b.replica_digest);

@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::Path;
 
+use cim_model::Cim;
 use cim_reference::Reference;
 use cim_train::checkpoint;
 use cim_train::recipe::Recipe;
@@ -168,17 +169,19 @@ fn bad_starts_are_refused_and_leave_checkpoints_intact() {
         }
     }
     broken.write(&copy.join("model.safetensors"), None).unwrap();
+    let fork = damaged.path().join("fork");
     let e = format!(
         "{:#}",
         pretrain(
             &b,
             &r,
             &mut source(&r),
-            &options(dir.path(), Resume::From(copy.clone()), None)
+            &options(&fork, Resume::From(copy.clone()), None)
         )
         .unwrap_err()
     );
     assert!(e.contains("norm.weight is missing"), "{e}");
+    assert!(!fork.exists(), "a refused start writes nothing");
     w = TensorSet::new();
     w.push("x", &[1], vec![0.0]).unwrap();
     drop(w);
@@ -197,10 +200,12 @@ fn too_little_data_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut src = source(&r);
     src.per_epoch = 1;
-    let e = pretrain(&b, &r, &mut src, &options(dir.path(), Resume::No, None))
+    let run = dir.path().join("run");
+    let e = pretrain(&b, &r, &mut src, &options(&run, Resume::No, None))
         .unwrap_err()
         .to_string();
     assert!(e.contains("fewer than one optimizer step"), "{e}");
+    assert!(!run.exists(), "a refused start writes nothing");
     assert_eq!(src.batches_per_epoch(), 1);
 }
 
@@ -234,7 +239,7 @@ fn non_finite_steps_are_skipped_counted_and_finally_stop_the_run() {
         bad: |e, i| e == 0 && i == 2,
     };
     let s = pretrain(&b, &r, &mut src, &options(dir.path(), Resume::No, None)).unwrap();
-    assert_eq!((s.steps, s.skipped), (5, 1));
+    assert_eq!((s.steps, s.nonfinite_steps, s.skipped_files), (5, 1, 0));
     assert!(s.last_loss.is_finite());
     // From epoch 1 on every batch is poisoned: after max_nonfinite (3) skips in a row the
     // run stops naming the step and the first non-finite tensor; checkpoints stay finite.
@@ -257,4 +262,296 @@ fn non_finite_steps_are_skipped_counted_and_finally_stop_the_run() {
         w.names()
             .all(|n| w.get(n).unwrap().1.iter().all(|v| v.is_finite()))
     );
+}
+
+/// The metric lines' steps of a run folder.
+fn metric_steps(run: &Path) -> Vec<u64> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The names of a run's complete checkpoints.
+fn checkpoint_names(run: &Path) -> Vec<String> {
+    checkpoint::list(run)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn resuming_behind_newer_checkpoints_or_into_another_run_is_refused() {
+    let b = Reference::new();
+    let r = recipe();
+    let runs = tempfile::tempdir().unwrap();
+    let (ra, rx) = (runs.path().join("ra"), runs.path().join("rx"));
+    pretrain(&b, &r, &mut source(&r), &options(&ra, Resume::No, None)).unwrap();
+    pretrain(&b, &r, &mut source(&r), &options(&rx, Resume::No, Some(3))).unwrap();
+    let ra_before = checkpoint_names(&ra);
+    assert_eq!(ra_before, ["step-00000005", "step-00000006"]);
+    // Rolling back inside a run would leave the abandoned newer checkpoint beside the new.
+    let back = checkpoint::step_dir(&ra, 5);
+    let e = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&ra, Resume::From(back), Some(6)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step-00000006") && e.contains("newer than the resume point (step 5)"),
+        "{e}"
+    );
+    assert!(e.contains("fresh --out"), "{e}");
+    // Another run's checkpoint into a folder with checkpoints would mix the two runs.
+    let theirs = checkpoint::step_dir(&rx, 3);
+    let e = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&ra, Resume::From(theirs.clone()), Some(4)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("step-00000005") && e.contains("step-00000006"),
+        "{e}"
+    );
+    // Nothing of the run was touched.
+    assert_eq!(checkpoint_names(&ra), ra_before);
+    assert_eq!(metric_steps(&ra), [1, 2, 3, 4, 5, 6]);
+    // Resuming from the newest checkpoint of the run itself stays allowed, as does a fork
+    // into a fresh folder.
+    let newest = checkpoint::step_dir(&rx, 3);
+    let s = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&rx, Resume::From(newest), Some(4)),
+    );
+    assert_eq!(s.unwrap().steps, 4);
+    let fork = runs.path().join("fork");
+    let s = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&fork, Resume::From(theirs), Some(5)),
+    );
+    assert_eq!(s.unwrap().steps, 5);
+    assert_eq!(checkpoint_names(&fork), ["step-00000004", "step-00000005"]);
+    assert_eq!(metric_steps(&fork), [4, 5]);
+}
+
+#[test]
+fn the_checkpoint_just_written_is_never_pruned() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(dir.path(), Resume::No, Some(2)),
+    )
+    .unwrap();
+    // Checkpoints newer than the one about to be written (as a rollback once left).
+    for step in [8, 9] {
+        let to = checkpoint::step_dir(dir.path(), step);
+        fs::create_dir(&to).unwrap();
+        for f in ["state.json", "model.safetensors", "optimizer.safetensors"] {
+            fs::copy(checkpoint::step_dir(dir.path(), 2).join(f), to.join(f)).unwrap();
+        }
+    }
+    let mut model = Cim::new(&b, r.model_config().unwrap(), 2, 0).unwrap();
+    let mut state =
+        checkpoint::load(&b, &mut model, &checkpoint::step_dir(dir.path(), 2), true).unwrap();
+    state.step = 3;
+    let written = checkpoint::save(&b, &model, &state, dir.path(), 2).unwrap();
+    assert!(written.join("state.json").is_file());
+    assert_eq!(
+        checkpoint_names(dir.path()),
+        ["step-00000003", "step-00000009"]
+    );
+}
+
+#[test]
+fn a_refused_start_writes_nothing() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(2))).unwrap();
+    // Without its recipe.toml, resuming with another recipe is refused by the
+    // checkpoint's recipe hash, and recipe.toml must not have been rewritten before.
+    fs::remove_file(run.join("recipe.toml")).unwrap();
+    let metrics = fs::read(run.join("metrics.jsonl")).unwrap();
+    let other = Recipe::load(
+        "micro",
+        &[
+            "optim.accum_iter=2".into(),
+            "optim.epochs=3".into(),
+            "optim.blr=0.5".into(),
+            "run.checkpoint_every=1".into(),
+            "run.keep_last=2".into(),
+        ],
+    )
+    .unwrap();
+    let e = pretrain(
+        &b,
+        &other,
+        &mut source(&other),
+        &options(&run, Resume::Auto, None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("written by another recipe"), "{e}");
+    assert!(!run.join("recipe.toml").exists());
+    assert_eq!(fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+    // The right recipe still resumes.
+    let s = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&run, Resume::Auto, Some(3)),
+    )
+    .unwrap();
+    assert_eq!(s.steps, 3);
+    assert_eq!(
+        Recipe::read_resolved(&run.join("recipe.toml"))
+            .unwrap()
+            .hash(),
+        r.hash()
+    );
+    // A recipe value rejected while building the run leaves no run folder.
+    let bad = Recipe::load("micro", &["optim.min_lr=-1".into()]).unwrap();
+    let fresh = dir.path().join("fresh");
+    let e = pretrain(
+        &b,
+        &bad,
+        &mut source(&bad),
+        &options(&fresh, Resume::No, None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("learning-rate schedule"), "{e}");
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn a_new_run_needs_an_absent_or_empty_folder() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    // A folder of the user's.
+    let docs = dir.path().join("mydocs");
+    fs::create_dir(&docs).unwrap();
+    for (f, text) in [
+        ("notes.txt", "n"),
+        ("loss.png", "mine"),
+        ("recipe.toml", "x"),
+    ] {
+        fs::write(docs.join(f), text).unwrap();
+    }
+    for resume in [Resume::No, Resume::Auto] {
+        let e = pretrain(&b, &r, &mut source(&r), &options(&docs, resume, Some(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mydocs is not empty")
+                && e.contains("loss.png, notes.txt, recipe.toml")
+                && e.contains("another --out"),
+            "{e}"
+        );
+    }
+    assert_eq!(fs::read_to_string(docs.join("loss.png")).unwrap(), "mine");
+    assert_eq!(fs::read_to_string(docs.join("recipe.toml")).unwrap(), "x");
+    // A run stopped before its first complete checkpoint: its files stay as they were.
+    let left = dir.path().join("left");
+    fs::create_dir_all(left.join("checkpoints/step-00000004")).unwrap();
+    fs::write(left.join("metrics.jsonl"), "{\"step\":1}\n").unwrap();
+    let e = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&left, Resume::Auto, Some(1)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("checkpoints, metrics.jsonl"), "{e}");
+    assert_eq!(
+        fs::read_to_string(left.join("metrics.jsonl")).unwrap(),
+        "{\"step\":1}\n"
+    );
+    // A fork from another run's checkpoint also needs a fresh folder.
+    let run = dir.path().join("run");
+    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(1))).unwrap();
+    let e = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&docs, Resume::From(checkpoint::step_dir(&run, 1)), Some(2)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("mydocs is not empty") && e.contains("forked"),
+        "{e}"
+    );
+    // An empty folder, and --resume auto into an absent one, start fresh.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&empty, Resume::No, Some(1)),
+    )
+    .unwrap();
+    let absent = dir.path().join("absent");
+    let s = pretrain(
+        &b,
+        &r,
+        &mut source(&r),
+        &options(&absent, Resume::Auto, Some(1)),
+    );
+    assert_eq!(s.unwrap().steps, 1);
+}
+
+#[test]
+fn a_checkpoint_with_an_unexpected_tensor_is_refused() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(1))).unwrap();
+    let ckpt = checkpoint::step_dir(&run, 1);
+    let mut model = Cim::new(&b, r.model_config().unwrap(), 2, 0).unwrap();
+    checkpoint::load(&b, &mut model, &ckpt, true).unwrap();
+    for (file, extra) in [
+        ("model.safetensors", "blocks.99.attn.qkv.weight"),
+        ("optimizer.safetensors", "exp_avg.not_a_parameter"),
+    ] {
+        let path = ckpt.join(file);
+        let original = fs::read(&path).unwrap();
+        let mut set = TensorSet::read(&path).unwrap();
+        set.push(extra, &[2], vec![0.0, 1.0]).unwrap();
+        set.write(&path, None).unwrap();
+        let e = format!(
+            "{:#}",
+            checkpoint::load(&b, &mut model, &ckpt, true).unwrap_err()
+        );
+        assert!(
+            e.contains("unexpected tensor(s) ") && e.contains(extra),
+            "{e}"
+        );
+        fs::write(&path, original).unwrap();
+    }
 }
