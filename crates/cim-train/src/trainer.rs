@@ -309,7 +309,7 @@ pub fn pretrain_distributed<B: Backend>(
     let eff_batch = o.batch_size * o.accum_iter * world;
     let peak = schedule::scaled_lr(o.blr, eff_batch);
     let lr_schedule = LrSchedule::new(peak, o.min_lr, o.warmup_epochs, o.epochs as f64)
-        .map_err(|e| anyhow!("recipe {}: the learning-rate schedule: {e:?}", recipe.name))?;
+        .map_err(|e| anyhow!("recipe {}: the learning-rate schedule: {e}", recipe.name))?;
     let total_micro = o.epochs as u64 * per_epoch;
     let steps_per_epoch = per_epoch / o.accum_iter as u64;
     let total_steps = opts

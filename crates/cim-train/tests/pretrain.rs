@@ -430,8 +430,10 @@ fn a_refused_start_writes_nothing() {
             .hash(),
         r.hash()
     );
-    // A recipe value rejected while building the run leaves no run folder.
-    let bad = Recipe::load("micro", &["optim.min_lr=-1".into()]).unwrap();
+    // A recipe value rejected while building the run leaves no run folder (set past
+    // `Recipe::load`, whose validation would refuse it first).
+    let mut bad = Recipe::load("micro", &[]).unwrap();
+    bad.optim.min_lr = -1.0;
     let fresh = dir.path().join("fresh");
     let e = pretrain(
         &b,
