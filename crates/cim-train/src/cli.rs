@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
 use cim_spec::config::{Correlation, ModelConfig, Predictor};
@@ -15,6 +15,7 @@ use crate::distributed::{Collective, SingleProcess, TcpCollective, World};
 use crate::dump::{self, DumpOptions};
 use crate::eval;
 use crate::export;
+use crate::output;
 use crate::recipe::Recipe;
 use crate::runs;
 use crate::trainer::STOP_REQUESTED;
@@ -78,7 +79,7 @@ pub enum Command {
         /// Which encoder.
         #[arg(long, value_enum, default_value_t = Encoder::Target)]
         encoder: Encoder,
-        /// Output folder.
+        /// Output folder: must not exist yet, or be empty.
         #[arg(long)]
         out: PathBuf,
     },
@@ -138,10 +139,10 @@ pub enum Command {
         /// Folder of images to make pairs from.
         #[arg(long)]
         images: PathBuf,
-        /// Output PNG.
+        /// Output PNG (replaced if it exists).
         #[arg(long)]
         out: PathBuf,
-        /// Contexts to show.
+        /// Contexts to show (at most 32).
         #[arg(long, default_value_t = 4)]
         count: usize,
         /// Seed of the pairs.
@@ -568,9 +569,13 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             count,
             seed,
         } => {
-            if count == 0 {
-                bail!("--count must be at least 1");
+            if !(1..=visualize::MAX_ROWS).contains(&count) {
+                bail!(
+                    "--count must lie in 1..={} (rows of the figure), got {count}",
+                    visualize::MAX_ROWS
+                );
             }
+            output::prepare_file(&out, "--out", &["png"])?;
             let (recipe, mut model, state, loc) = runs::open(backend, &checkpoint, count)?;
             let preds = visualize::predict(backend, &recipe, &mut model, &images, seed)?;
             let c = model.config();
@@ -646,11 +651,16 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             Ok(())
         }
         Command::Selftest { cases, json } => {
+            if cases == 0 {
+                bail!("--cases must be at least 1 (0 would test nothing)");
+            }
+            if let Some(path) = &json {
+                output::prepare_file(path, "--json", &[])?;
+            }
             let checks = crate::preflight::run_checks(backend, cases);
             if let Some(path) = json {
                 let doc = serde_json::json!({"backend": backend.name(), "cases": cases, "checks": checks});
-                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                output::write_bytes(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
             }
             crate::preflight::verdict("selftest", backend.name(), &checks)?;
             println!(
@@ -674,6 +684,9 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                     "unknown --model {model:?}: micro, vit-tiny, vit-small, vit-base, vit-large or vit-huge"
                 );
             };
+            if let Some(path) = &json {
+                output::prepare_file(path, "--json", &[])?;
+            }
             let report = crate::bench::step_bench(
                 backend,
                 &model,
@@ -701,8 +714,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                     .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m))
             );
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                output::write_bytes(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
             Ok(())
         }
@@ -723,6 +735,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             encoder,
             out,
         } => {
+            output::prepare_dir(&out, "--out")?;
             let (_, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
             let source = loc.checkpoint.display().to_string();
             export::export(backend, &model, encoder.into(), &source, &out)?;

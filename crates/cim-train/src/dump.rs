@@ -147,8 +147,5 @@ pub fn step_dump<B: Backend>(b: &B, opts: &DumpOptions, out: &Path) -> Result<()
         },
     });
     let text = serde_json::to_string_pretty(&step)?;
-    let tmp = out.join("step.json.partial");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, out.join("step.json"))?;
-    Ok(())
+    crate::output::write_bytes(&out.join("step.json"), text.as_bytes())
 }
