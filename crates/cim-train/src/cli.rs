@@ -57,7 +57,7 @@ pub enum Command {
         /// Seed of the initialisation and the synthetic batch.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Contexts in the micro-batch.
+        /// Contexts in the micro-batch (at most 64).
         #[arg(long, default_value_t = 2)]
         batch: usize,
         /// Learning rate of the AdamW step.
@@ -162,7 +162,8 @@ pub enum Command {
         /// Which encoder.
         #[arg(long, value_enum, default_value_t = Encoder::Target)]
         encoder: Encoder,
-        /// Image side fed to the encoder (default: the recipe's context size).
+        /// Image side fed to the encoder, a multiple of the patch up to twice the encoder's
+        /// native size (default: the recipe's context size).
         #[arg(long)]
         image_size: Option<usize>,
         /// Training images per class used (0: all).
@@ -171,7 +172,7 @@ pub enum Command {
         /// Test images per class used (0: all).
         #[arg(long, default_value_t = 0)]
         test_per_class: usize,
-        /// Neighbours of the k-NN.
+        /// Neighbours of the k-NN (at most the training images).
         #[arg(long, default_value_t = 20)]
         knn_k: usize,
         /// Passes of the linear probe (0 skips it).
@@ -370,8 +371,11 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
-            if batch == 0 {
-                bail!("--batch must be at least 1");
+            if !(1..=dump::MAX_BATCH).contains(&batch) {
+                bail!(
+                    "--batch must lie in 1..={} (a parity check needs a few contexts), got {batch}",
+                    dump::MAX_BATCH
+                );
             }
             if !(lr.is_finite() && lr >= 0.0) {
                 bail!("--lr must be a finite non-negative number, got {lr}");
@@ -603,12 +607,28 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
         } => {
             let (recipe, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
             let size = image_size.unwrap_or(recipe.data.context_size);
+            let (patch, max) = (
+                model.config().encoder.patch,
+                eval::max_image_size(model.config()),
+            );
+            if !(patch..=max).contains(&size) || !size.is_multiple_of(patch) {
+                bail!(
+                    "--image-size must be a multiple of the patch {patch} in {patch}..={max} (twice the encoder's native {}), got {size}",
+                    max / 2
+                );
+            }
             let (mut train, mut test) = eval::labelled_sets(&data, size)?;
             if train_per_class > 0 {
                 train = eval::balanced_subset(train, train_per_class, 1);
             }
             if test_per_class > 0 {
                 test = eval::balanced_subset(test, test_per_class, 2);
+            }
+            if !(1..=train.len()).contains(&knn_k) {
+                bail!(
+                    "--knn-k must lie in 1..={} (the training images), got {knn_k}",
+                    train.len()
+                );
             }
             let mut rows = vec![(
                 format!("{} step {}", loc.checkpoint.display(), state.step),

@@ -24,6 +24,12 @@ use crate::device::{backend_err, download};
 use crate::synthetic;
 use crate::tensors::TensorSet;
 
+/// Most contexts a dump holds. A parity check needs a handful (the PyTorch script
+/// replays the whole step in memory), and the dump keeps every input, activation
+/// gradient and parameter of the step: 64 ViT-B contexts is already several GB, while an
+/// unchecked batch would be killed for memory rather than refused.
+pub const MAX_BATCH: usize = 64;
+
 /// What to dump.
 #[derive(Clone, Debug)]
 pub struct DumpOptions {
