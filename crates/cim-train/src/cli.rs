@@ -10,6 +10,7 @@ use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::checkpoint;
 use crate::data::{DataSource, MakeRenderer};
 use crate::distributed::{Collective, SingleProcess, TcpCollective, World};
 use crate::dump::{self, DumpOptions};
@@ -772,8 +773,14 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 vec![path]
             } else {
                 let loc = runs::locate(&path)?;
-                let state = std::fs::read_to_string(loc.checkpoint.join("state.json"))?;
-                println!("{}\n{state}", loc.checkpoint.display());
+                // The validation export and resume apply, so inspect never vouches for a
+                // state they would refuse.
+                let state = checkpoint::read_state(&loc.checkpoint)?;
+                println!(
+                    "{}\n{}",
+                    loc.checkpoint.display(),
+                    serde_json::to_string_pretty(&state)?
+                );
                 ["model.safetensors", "optimizer.safetensors"]
                     .iter()
                     .map(|f| loc.checkpoint.join(f))
