@@ -113,6 +113,8 @@ fn checkpoint_step(run: &Path) -> u64 {
 fn bad_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let photo = dir.path().join("photo.png");
+    image::RgbImage::new(4, 4).save(&photo).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -175,10 +177,28 @@ fn bad_input_is_named() {
             "/does/not/exist.safetensors",
         ),
         (&["check-data", "/does/not/exist"], "/does/not/exist"),
+        (&["check-data", photo.to_str().unwrap()], "a single image"),
+        (&["selftest", "--cases", "0"], "--cases must be at least 1"),
+        (
+            &["selftest", "--json", dir.path().to_str().unwrap()],
+            "not a folder",
+        ),
+        (
+            &[
+                "step-dump",
+                "--batch",
+                "100000",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            "--batch must lie in 1..=64",
+        ),
     ];
     for (args, want) in cases {
         let out = bin().args(*args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        // check-data lists its problems on stdout before the error.
+        let err = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
     }
@@ -187,7 +207,8 @@ fn bad_input_is_named() {
 #[test]
 fn selftest_passes_and_reports_every_check_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("selftest.json");
+    // Its folder does not exist yet: it is made before the checks run.
+    let json = dir.path().join("new/selftest.json");
     let out = bin()
         .args(["selftest", "--cases", "2", "--json"])
         .arg(&json)
@@ -212,7 +233,7 @@ fn selftest_passes_and_reports_every_check_as_json() {
 #[test]
 fn bench_reports_images_per_second_and_mfu() {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("bench.json");
+    let json = dir.path().join("new/bench.json");
     let out = bin()
         .args([
             "bench", "--model", "micro", "--batch", "2", "--warmup", "1", "--steps", "2",
@@ -235,6 +256,206 @@ fn bench_reports_images_per_second_and_mfu() {
         .unwrap();
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("vit-gigantic"));
+    for peak in ["0", "-1", "nan", "inf"] {
+        let e = bin()
+            .args(["bench", "--model", "micro", "--batch", "1"])
+            .arg(format!("--peak-tflops={peak}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&e.stderr);
+        assert!(!e.status.success(), "--peak-tflops {peak} accepted");
+        assert!(
+            err.contains("--peak-tflops must be a finite positive"),
+            "{err}"
+        );
+    }
+}
+
+/// Runs the binary, expecting failure; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{args:?} succeeded: {err}");
+    err
+}
+
+/// Writes a labelled ImageFolder split: `classes` folders of two 8x8 images each.
+fn split(dir: &Path, classes: &[&str]) {
+    for (i, c) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(c)).unwrap();
+        for k in 0..2u8 {
+            image::RgbImage::from_pixel(8, 8, image::Rgb([40 * i as u8, 10 * k, 0]))
+                .save(dir.join(c).join(format!("{k}.png")))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_input_on_a_run_is_named_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    let run = dir.path().join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = bin()
+        .args([
+            "pretrain",
+            "--recipe",
+            "micro",
+            "--no-progress",
+            "--max-steps",
+            "2",
+        ])
+        .args(["--data", &s(&data), "--out", &s(&run)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ckpt = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let weights = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+
+    // Export never writes into a folder that holds files: the checkpoint stays resumable.
+    let err = fails(&["export", "--checkpoint", &s(&run), "--out", &s(&ckpt)]);
+    assert!(
+        err.contains(&s(&ckpt)) && err.contains("not empty"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+        weights
+    );
+    let export = dir.path().join("export");
+    let ok = bin()
+        .args(["export", "--checkpoint", &s(&run), "--out", &s(&export)])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(export.join("model.safetensors").is_file());
+    let err = fails(&["export", "--checkpoint", &s(&run), "--out", &s(&export)]);
+    assert!(err.contains("not empty"), "{err}");
+
+    // visualize: the format and the count are checked before any work; a file that
+    // cannot be written is left as it was.
+    let jpg = dir.path().join("photo.jpg");
+    std::fs::write(&jpg, b"precious").unwrap();
+    let vis = |out: &Path, count: &str| {
+        fails(&[
+            "visualize",
+            "--checkpoint",
+            &s(&run),
+            "--images",
+            &s(&data),
+            "--out",
+            &s(out),
+            "--count",
+            count,
+        ])
+    };
+    let err = vis(&jpg, "2");
+    assert!(
+        err.contains("photo.jpg") && err.contains("only png"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&jpg).unwrap(), b"precious");
+    let err = vis(&dir.path().join("f.png"), "100000");
+    assert!(err.contains("--count must lie in 1..=32"), "{err}");
+
+    // eval: class folders that differ, and out-of-range numbers, are refused by name.
+    let mismatch = dir.path().join("mismatch");
+    split(&mismatch.join("train"), &["a", "b"]);
+    split(&mismatch.join("val"), &["a", "c"]);
+    let eval = |data: &Path, extra: &[&str]| {
+        let mut args = vec!["eval".to_string(), "--checkpoint".into(), s(&run)];
+        args.extend([
+            "--data".into(),
+            s(data),
+            "--probe-epochs".into(),
+            "0".into(),
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let err = eval(&mismatch, &[]);
+    assert!(
+        err.contains("only in train/: b") && err.contains("only in val/: c"),
+        "{err}"
+    );
+    let labelled = dir.path().join("labelled");
+    split(&labelled.join("train"), &["a", "b"]);
+    split(&labelled.join("val"), &["a", "b"]);
+    for k in ["0", "5"] {
+        let err = eval(&labelled, &["--knn-k", k]);
+        assert!(err.contains("--knn-k must lie in 1..=4"), "{err}");
+    }
+    for size in ["2048", "0", "20"] {
+        let err = eval(&labelled, &["--image-size", size]);
+        assert!(err.contains("--image-size must be a multiple"), "{err}");
+    }
+
+    // A checkpoint copied out of its run has no recipe two folders up: say where we looked.
+    let copy = dir.path().join("qa/ckpt");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&ckpt).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    let err = fails(&[
+        "export",
+        "--checkpoint",
+        &s(&copy),
+        "--out",
+        &s(&dir.path().join("e2")),
+    ]);
+    assert!(
+        err.contains("two folders above") && err.contains(&s(&dir.path().join("recipe.toml"))),
+        "{err}"
+    );
+
+    // inspect validates state.json as export does.
+    let state = copy.join("state.json");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let with = |key: &str, value: i64| {
+        let mut v = good.clone();
+        v[key] = value.into();
+        v.to_string()
+    };
+    for bad in ["{garbage".to_string(), with("format", 99), with("step", -5)] {
+        std::fs::write(&state, &bad).unwrap();
+        let err = fails(&["inspect", &s(&copy)]);
+        assert!(err.contains("state.json"), "{bad}: {err}");
+    }
+
+    // --resume wants a checkpoint folder, not a run folder.
+    let err = fails(&[
+        "pretrain",
+        "--recipe",
+        "micro",
+        "--no-progress",
+        "--data",
+        &s(&data),
+        "--out",
+        &s(&run),
+        "--resume",
+        &s(&run),
+    ]);
+    assert!(
+        err.contains("is not a checkpoint folder") && err.contains("auto"),
+        "{err}"
+    );
 }
 
 /// Only `pretrain` turns Ctrl-C into "checkpoint, then stop": any other subcommand has

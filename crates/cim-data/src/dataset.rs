@@ -237,7 +237,21 @@ impl Dataset {
     }
 
     fn open_list(list: &Path) -> Result<Dataset, DataError> {
-        let text = fs::read_to_string(list).map_err(|e| DataError::unreadable(list, e))?;
+        let not_a_list = |what: &str| {
+            DataError::dataset(
+                list,
+                format!(
+                    "{what}, not a dataset: pass a folder of images or a text file listing image paths, one per line"
+                ),
+            )
+        };
+        if has_image_extension(list) {
+            return Err(not_a_list("a single image"));
+        }
+        let text = fs::read_to_string(list).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => not_a_list("not a text file (not UTF-8)"),
+            _ => DataError::unreadable(list, e),
+        })?;
         let base = list.parent().unwrap_or(Path::new("."));
         let paths: Vec<PathBuf> = text
             .lines()

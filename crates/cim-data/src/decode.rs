@@ -74,6 +74,16 @@ impl ImageFormat {
 
 /// Reads and decodes one image file to RGB8; every error names `path`.
 pub fn read_rgb8(path: &Path) -> Result<RgbImage, DataError> {
+    // Opening a FIFO (or a device) named like an image would block forever or read
+    // without end; such a file is refused by name instead of opened.
+    let meta = std::fs::metadata(path).map_err(|e| DataError::unreadable(path, e))?;
+    if !meta.is_file() {
+        let why = "not a regular file (a folder, FIFO, socket or device), so not opened";
+        return Err(DataError::unreadable(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::unreadable(path, e))?;
     decode_rgb8(&bytes, path)
 }

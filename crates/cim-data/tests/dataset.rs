@@ -147,3 +147,43 @@ fn check_data_reports_every_problem() {
     assert_eq!(unopenable.layout, None);
     assert_eq!(unopenable.problems.len(), 1);
 }
+
+#[test]
+fn a_single_image_or_a_binary_file_is_not_taken_for_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = put(dir.path(), "photo.jpg", &jpeg_rgb(8, 8));
+    let err = Dataset::open(&img).unwrap_err().to_string();
+    assert!(
+        err.contains("photo.jpg") && err.contains("a single image"),
+        "{err}"
+    );
+    let bin = put(dir.path(), "weights.bin", &[0xff, 0xfe, 0x00, 0x80]);
+    let err = Dataset::open(&bin).unwrap_err().to_string();
+    assert!(
+        err.contains("weights.bin") && err.contains("not a text file"),
+        "{err}"
+    );
+}
+
+/// A FIFO named like an image would block `check_data` forever if it were opened.
+#[cfg(unix)]
+#[test]
+fn files_that_are_not_regular_are_named_and_not_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    put(dir.path(), "a.jpg", &jpeg_rgb(8, 8));
+    let fifo = dir.path().join("b.jpg");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: mkfifo is not available");
+        return;
+    }
+    let report = check_data(dir.path());
+    assert_eq!((report.images, report.decoded), (2, 1));
+    assert_eq!(report.problems.len(), 1);
+    assert_eq!(report.problems[0].path, fifo);
+    assert!(
+        report.problems[0].reason.contains("not a regular file"),
+        "{}",
+        report.problems[0].reason
+    );
+}

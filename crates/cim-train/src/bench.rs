@@ -215,6 +215,11 @@ pub fn step_bench<B: Backend>(
             "bench needs at least one step and one image per step"
         ));
     }
+    if let Some(p) = peak_tflops.filter(|p| !(p.is_finite() && *p > 0.0)) {
+        return Err(anyhow!(
+            "--peak-tflops must be a finite positive number of TFLOP/s, got {p}"
+        ));
+    }
     let b = &Profiled::new(b);
     let mut model =
         Cim::new(b, config, batch, 7).map_err(|e| anyhow!("building the model: {e}"))?;

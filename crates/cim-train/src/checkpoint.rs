@@ -163,6 +163,12 @@ fn tensor<'a>(set: &'a TensorSet, file: &Path, name: &str, shape: &[usize]) -> R
 /// Reads `state.json` of a checkpoint folder.
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let p = dir.join("state.json");
+    if !p.exists() {
+        bail!(
+            "{} is not a checkpoint folder (it has no state.json): pass a checkpoint folder, RUN/checkpoints/step-N, or `--resume auto` for the newest of a run",
+            dir.display()
+        );
+    }
     let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let state: TrainState = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a checkpoint state", p.display()))?;

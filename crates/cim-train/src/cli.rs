@@ -3,18 +3,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
 use cim_spec::config::{Correlation, ModelConfig, Predictor};
 use cim_spec::schedule::AdamW;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::checkpoint;
 use crate::data::{DataSource, MakeRenderer};
 use crate::distributed::{Collective, SingleProcess, TcpCollective, World};
 use crate::dump::{self, DumpOptions};
 use crate::eval;
 use crate::export;
+use crate::output;
 use crate::recipe::Recipe;
 use crate::runs;
 use crate::trainer::STOP_REQUESTED;
@@ -56,7 +58,7 @@ pub enum Command {
         /// Seed of the initialisation and the synthetic batch.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Contexts in the micro-batch.
+        /// Contexts in the micro-batch (at most 64).
         #[arg(long, default_value_t = 2)]
         batch: usize,
         /// Learning rate of the AdamW step.
@@ -78,7 +80,7 @@ pub enum Command {
         /// Which encoder.
         #[arg(long, value_enum, default_value_t = Encoder::Target)]
         encoder: Encoder,
-        /// Output folder.
+        /// Output folder: must not exist yet, or be empty.
         #[arg(long)]
         out: PathBuf,
     },
@@ -138,10 +140,10 @@ pub enum Command {
         /// Folder of images to make pairs from.
         #[arg(long)]
         images: PathBuf,
-        /// Output PNG.
+        /// Output PNG (replaced if it exists).
         #[arg(long)]
         out: PathBuf,
-        /// Contexts to show.
+        /// Contexts to show (at most 32).
         #[arg(long, default_value_t = 4)]
         count: usize,
         /// Seed of the pairs.
@@ -161,7 +163,8 @@ pub enum Command {
         /// Which encoder.
         #[arg(long, value_enum, default_value_t = Encoder::Target)]
         encoder: Encoder,
-        /// Image side fed to the encoder (default: the recipe's context size).
+        /// Image side fed to the encoder, a multiple of the patch up to twice the encoder's
+        /// native size (default: the recipe's context size).
         #[arg(long)]
         image_size: Option<usize>,
         /// Training images per class used (0: all).
@@ -170,7 +173,7 @@ pub enum Command {
         /// Test images per class used (0: all).
         #[arg(long, default_value_t = 0)]
         test_per_class: usize,
-        /// Neighbours of the k-NN.
+        /// Neighbours of the k-NN (at most the training images).
         #[arg(long, default_value_t = 20)]
         knn_k: usize,
         /// Passes of the linear probe (0 skips it).
@@ -378,8 +381,11 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!("--model {model}: {e}"))?;
-            if batch == 0 {
-                bail!("--batch must be at least 1");
+            if !(1..=dump::MAX_BATCH).contains(&batch) {
+                bail!(
+                    "--batch must lie in 1..={} (a parity check needs a few contexts), got {batch}",
+                    dump::MAX_BATCH
+                );
             }
             if !(lr.is_finite() && lr >= 0.0) {
                 bail!("--lr must be a finite non-negative number, got {lr}");
@@ -573,9 +579,13 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             count,
             seed,
         } => {
-            if count == 0 {
-                bail!("--count must be at least 1");
+            if !(1..=visualize::MAX_ROWS).contains(&count) {
+                bail!(
+                    "--count must lie in 1..={} (rows of the figure), got {count}",
+                    visualize::MAX_ROWS
+                );
             }
+            output::prepare_file(&out, "--out", &["png"])?;
             let (recipe, mut model, state, loc) = runs::open(backend, &checkpoint, count)?;
             let preds = visualize::predict(backend, &recipe, &mut model, &images, seed, 0)?;
             let c = model.config();
@@ -603,12 +613,28 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
         } => {
             let (recipe, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
             let size = image_size.unwrap_or(recipe.data.context_size);
+            let (patch, max) = (
+                model.config().encoder.patch,
+                eval::max_image_size(model.config()),
+            );
+            if !(patch..=max).contains(&size) || !size.is_multiple_of(patch) {
+                bail!(
+                    "--image-size must be a multiple of the patch {patch} in {patch}..={max} (twice the encoder's native {}), got {size}",
+                    max / 2
+                );
+            }
             let (mut train, mut test) = eval::labelled_sets(&data, size)?;
             if train_per_class > 0 {
                 train = eval::balanced_subset(train, train_per_class, 1);
             }
             if test_per_class > 0 {
                 test = eval::balanced_subset(test, test_per_class, 2);
+            }
+            if !(1..=train.len()).contains(&knn_k) {
+                bail!(
+                    "--knn-k must lie in 1..={} (the training images), got {knn_k}",
+                    train.len()
+                );
             }
             let mut rows = vec![(
                 format!("{} step {}", loc.checkpoint.display(), state.step),
@@ -651,11 +677,16 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             Ok(())
         }
         Command::Selftest { cases, json } => {
+            if cases == 0 {
+                bail!("--cases must be at least 1 (0 would test nothing)");
+            }
+            if let Some(path) = &json {
+                output::prepare_file(path, "--json", &[])?;
+            }
             let checks = crate::preflight::run_checks(backend, cases);
             if let Some(path) = json {
                 let doc = serde_json::json!({"backend": backend.name(), "cases": cases, "checks": checks});
-                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                output::write_bytes(&path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
             }
             crate::preflight::verdict("selftest", backend.name(), &checks)?;
             println!(
@@ -679,6 +710,9 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                     "unknown --model {model:?}: micro, vit-tiny, vit-small, vit-base, vit-large or vit-huge"
                 );
             };
+            if let Some(path) = &json {
+                output::prepare_file(path, "--json", &[])?;
+            }
             let report = crate::bench::step_bench(
                 backend,
                 &model,
@@ -706,8 +740,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                     .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m))
             );
             if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                output::write_bytes(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
             Ok(())
         }
@@ -728,6 +761,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             encoder,
             out,
         } => {
+            output::prepare_dir(&out, "--out")?;
             let (_, model, state, loc) = runs::open(backend, &checkpoint, 1)?;
             let source = loc.checkpoint.display().to_string();
             export::export(backend, &model, encoder.into(), &source, &out)?;
@@ -744,8 +778,14 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                 vec![path]
             } else {
                 let loc = runs::locate(&path)?;
-                let state = std::fs::read_to_string(loc.checkpoint.join("state.json"))?;
-                println!("{}\n{state}", loc.checkpoint.display());
+                // The validation export and resume apply, so inspect never vouches for a
+                // state they would refuse.
+                let state = checkpoint::read_state(&loc.checkpoint)?;
+                println!(
+                    "{}\n{}",
+                    loc.checkpoint.display(),
+                    serde_json::to_string_pretty(&state)?
+                );
                 ["model.safetensors", "optimizer.safetensors"]
                     .iter()
                     .map(|f| loc.checkpoint.join(f))

@@ -24,6 +24,12 @@ use crate::device::{backend_err, download};
 use crate::synthetic;
 use crate::tensors::TensorSet;
 
+/// Most contexts a dump holds. A parity check needs a handful (the PyTorch script
+/// replays the whole step in memory), and the dump keeps every input, activation
+/// gradient and parameter of the step: 64 ViT-B contexts is already several GB, while an
+/// unchecked batch would be killed for memory rather than refused.
+pub const MAX_BATCH: usize = 64;
+
 /// What to dump.
 #[derive(Clone, Debug)]
 pub struct DumpOptions {
@@ -151,8 +157,5 @@ pub fn step_dump<B: Backend>(b: &B, opts: &DumpOptions, out: &Path) -> Result<()
         },
     });
     let text = serde_json::to_string_pretty(&step)?;
-    let tmp = out.join("step.json.partial");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, out.join("step.json"))?;
-    Ok(())
+    crate::output::write_bytes(&out.join("step.json"), text.as_bytes())
 }

@@ -113,6 +113,11 @@ pub fn fashion_mnist(dir: &Path) -> Result<(Labelled, Labelled)> {
 /// A labelled ImageFolder (`root/<class>/<image>`) decoded into `size` x `size` RGB
 /// images: the central square of each image, resized bicubically (as Pillow).
 pub fn image_folder(root: &Path, size: usize) -> Result<Labelled> {
+    decode_folder(&open_image_folder(root)?, size)
+}
+
+/// Opens `root` as a labelled ImageFolder, without decoding.
+fn open_image_folder(root: &Path) -> Result<cim_data::Dataset> {
     let ds =
         cim_data::Dataset::open(root).with_context(|| format!("opening {}", root.display()))?;
     if ds.classes().is_empty() {
@@ -121,6 +126,11 @@ pub fn image_folder(root: &Path, size: usize) -> Result<Labelled> {
             root.display()
         );
     }
+    Ok(ds)
+}
+
+/// Every image of an opened ImageFolder, as [`image_folder`] decodes it.
+fn decode_folder(ds: &cim_data::Dataset, size: usize) -> Result<Labelled> {
     let n = ds.len();
     let per = 3 * size * size;
     let mut pixels = vec![0u8; n * per];
@@ -178,15 +188,48 @@ pub fn labelled_sets(dir: &Path, size: usize) -> Result<(Labelled, Labelled)> {
         return fashion_mnist(dir);
     }
     if dir.join("train").is_dir() && dir.join("val").is_dir() {
-        return Ok((
-            image_folder(&dir.join("train"), size)?,
-            image_folder(&dir.join("val"), size)?,
-        ));
+        let (train, val) = (
+            open_image_folder(&dir.join("train"))?,
+            open_image_folder(&dir.join("val"))?,
+        );
+        // Labels are indices into each split's sorted class list, so the splits must name
+        // the same classes, or a val class would be scored as whichever train class
+        // happens to share its index.
+        if train.classes() != val.classes() {
+            let only = |a: &cim_data::Dataset, b: &cim_data::Dataset| -> String {
+                let names: Vec<&str> = a
+                    .classes()
+                    .iter()
+                    .filter(|c| !b.classes().contains(c))
+                    .map(String::as_str)
+                    .collect();
+                if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(", ")
+                }
+            };
+            bail!(
+                "{}: train/ and val/ hold different class folders (only in train/: {}; only in val/: {}); both need the same classes",
+                dir.display(),
+                only(&train, &val),
+                only(&val, &train)
+            );
+        }
+        return Ok((decode_folder(&train, size)?, decode_folder(&val, size)?));
     }
     bail!(
         "{} holds neither Fashion-MNIST's IDX files (train-images-idx3-ubyte, ...) nor ImageFolders train/ and val/",
         dir.display()
     )
+}
+
+/// The largest image side `eval` feeds `config`'s encoder: twice the side its position
+/// embedding was made for. The embedding is resized to the patch grid, and beyond that the
+/// features say little about the pre-trained encoder, while the attention buffers grow
+/// with the fourth power of the side (at 2048 the micro model asked for 2 TB).
+pub fn max_image_size(config: &cim_spec::config::ModelConfig) -> usize {
+    2 * config.encoder.pos_embed_size
 }
 
 /// Image `i` as normalised RGB `[3, size, size]`, bilinearly resampled (grey is copied

@@ -3,7 +3,8 @@
 //! `patch_embed.proj.*`, `blocks.{i}.*`, `norm.*`) with a `config.json` naming the timm
 //! architecture and the encoder chosen, plus `check.safetensors`: a fixed input and the
 //! features our forward pass gives for it, so the loaded model can be verified
-//! (`benches/pytorch/export_check.py` does it with timm).
+//! (`benches/pytorch/export_check.py` does it with timm). The output folder must be new
+//! (or empty) and appears only once all three files are written.
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 use crate::device::backend_err;
 use crate::dump::model_tensors;
+use crate::output;
 use crate::tensors::TensorSet;
 
 /// Images in the verification input of `check.safetensors`.
@@ -35,7 +37,7 @@ fn timm_arch(dim: usize, depth: usize, heads: usize, patch: usize) -> Option<&'s
 }
 
 /// Writes the export of `which` encoder of `model` (whose weights came from `source`,
-/// recorded in config.json) into `out`.
+/// recorded in config.json) into the new folder `out` (see [`output::prepare_dir`]).
 pub fn export<B: Backend>(
     b: &B,
     model: &Cim<B>,
@@ -43,7 +45,18 @@ pub fn export<B: Backend>(
     source: &str,
     out: &Path,
 ) -> Result<()> {
-    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    output::write_dir(out, "--out", |tmp| {
+        write_export(b, model, which, source, tmp)
+    })
+}
+
+fn write_export<B: Backend>(
+    b: &B,
+    model: &Cim<B>,
+    which: EncoderChoice,
+    source: &str,
+    out: &Path,
+) -> Result<()> {
     let all = model_tensors(b, model)?;
     let c = model.config();
     let e = &c.encoder;

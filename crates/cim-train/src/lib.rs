@@ -14,6 +14,7 @@ pub mod distributed;
 pub mod dump;
 pub mod eval;
 pub mod export;
+pub mod output;
 pub mod plot;
 pub mod preflight;
 pub mod profile;

@@ -61,7 +61,15 @@ pub fn open<B: Backend>(
     batch: usize,
 ) -> Result<(Recipe, Cim<B>, TrainState, Located)> {
     let loc = locate(path)?;
-    let recipe = Recipe::read_resolved(&loc.run.join("recipe.toml"))?;
+    let recipe_path = loc.run.join("recipe.toml");
+    if !recipe_path.is_file() {
+        bail!(
+            "{}: the run's recipe.toml (which says how to build the model) is looked for two folders above a checkpoint, RUN/checkpoints/step-N, and {} does not exist; pass a checkpoint inside its run folder, or the run folder",
+            loc.checkpoint.display(),
+            recipe_path.display()
+        );
+    }
+    let recipe = Recipe::read_resolved(&recipe_path)?;
     let config = recipe.model_config()?;
     let mut model = Cim::new(b, config, batch, recipe.run.seed)
         .map_err(|e| anyhow!("building the model: {e}"))?;

@@ -76,11 +76,7 @@ impl TensorSet {
             .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
         let data = safetensors::tensor::serialize(views, metadata)?;
-        let tmp = path.with_extension("safetensors.partial");
-        fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} into place", path.display()))?;
-        Ok(())
+        crate::output::write_bytes(path, &data)
     }
 
     /// Reads a safetensors file of f32 tensors; any other dtype is an error naming the

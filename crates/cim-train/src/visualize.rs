@@ -13,6 +13,7 @@ use image::{Rgb, RgbImage};
 
 use crate::data::pair_config;
 use crate::device::backend_err;
+use crate::output;
 use crate::plot;
 use crate::recipe::Recipe;
 
@@ -25,6 +26,11 @@ const COLOURS: [[u8; 3]; 6] = [
     [245, 130, 48],
     [145, 30, 180],
 ];
+
+/// Most contexts (rows) a figure shows. Each row is about 150 pixels tall after
+/// magnification and needs its own pair in the forward batch: 32 rows keep the PNG under
+/// ~5000 pixels and the batch small, and are plenty to judge the maps by eye.
+pub const MAX_ROWS: usize = 32;
 
 /// Predictions of a model on pairs made from a dataset.
 pub struct Predictions {
@@ -182,7 +188,8 @@ fn denorm(v: f32, c: usize) -> u8 {
         .clamp(0.0, 255.0) as u8
 }
 
-/// Draws the Figure 5 grid of `p` into `out`, magnified so a map is at least 128 pixels.
+/// Draws the Figure 5 grid of `p` into the PNG file `out` (replaced atomically),
+/// magnified so a map is at least 128 pixels.
 pub fn figure5(p: &Predictions, m: usize, n: usize, k: usize, out: &Path) -> Result<()> {
     let rows = p.maps.len() / (k * m * m);
     let zoom = 128usize.div_ceil(m).max(1) as u32;
@@ -265,8 +272,9 @@ pub fn figure5(p: &Predictions, m: usize, n: usize, k: usize, out: &Path) -> Res
             colour,
         );
     }
-    big.save(out)
-        .with_context(|| format!("writing {}", out.display()))
+    output::write_file(out, |tmp| {
+        Ok(big.save_with_format(tmp, image::ImageFormat::Png)?)
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,167 @@
+//! Where the tools write: one output file (`--json`, `visualize --out`) or one output
+//! folder (`export --out`). Each is checked before any work, so a bad path fails in a
+//! second rather than after minutes of computation, and written under a temporary name
+//! beside its destination and renamed into place, so a failed or interrupted write never
+//! truncates what was there before.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// `path` with `suffix` appended to its file name: the temporary sibling a file or folder
+/// is written under (same folder, so the final rename stays on one file system).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map_or_else(OsString::new, OsString::from);
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Checks, before any work, that the file `path` can be written by [`write_file`]: it is
+/// not a folder, its extension is one of `extensions` (any case; empty: any), and its
+/// parent folder exists (created if missing). `flag` names the argument in errors.
+pub fn prepare_file(path: &Path, flag: &str, extensions: &[&str]) -> Result<()> {
+    if path.file_name().is_none() || path.is_dir() {
+        bail!(
+            "{flag} {}: a file name is needed, not a folder",
+            path.display()
+        );
+    }
+    if !extensions.is_empty() {
+        let ext = path.extension().map(|e| e.to_string_lossy().to_string());
+        if !ext.is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x))) {
+            bail!(
+                "{flag} {}: only {} files can be written (the extension decides the format)",
+                path.display(),
+                extensions.join(", ")
+            );
+        }
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("{flag} {}: creating its folder", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `path` atomically: `write` fills a temporary sibling, which is then renamed over
+/// `path`; on failure the temporary file is removed and `path` is left as it was.
+pub fn write_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(path, ".partial");
+    let written = write(&tmp).and_then(|()| {
+        fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+/// [`write_file`] of a byte string.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file(path, |tmp| Ok(fs::write(tmp, bytes)?))
+}
+
+/// Checks, before any work, that `dir` can be a new output folder: it does not exist, or
+/// is an empty folder. An output never overwrites files it did not write (a checkpoint
+/// folder passed as `export --out` would lose the weights that make it resumable).
+pub fn prepare_dir(dir: &Path, flag: &str) -> Result<()> {
+    if dir.file_name().is_none() {
+        bail!(
+            "{flag} {}: name a new folder (not `.`, `..` or a root)",
+            dir.display()
+        );
+    }
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{flag} {} already exists and is not empty: choose a new folder (nothing was written)",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(_) if dir.exists() => bail!(
+            "{flag} {} exists and is not a folder: choose a new folder",
+            dir.display()
+        ),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Creates the folder `dir` atomically after [`prepare_dir`]: `fill` writes its files
+/// into a temporary sibling folder, which is renamed into place only when all of them
+/// are written; on failure it is removed and `dir` does not appear.
+pub fn write_dir(dir: &Path, flag: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    prepare_dir(dir, flag)?;
+    let tmp = sibling(dir, ".partial");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let written = fill(&tmp).and_then(|()| {
+        // An empty folder the user made in advance is replaced; prepare_dir refused any other.
+        if dir.exists() {
+            fs::remove_dir(dir).with_context(|| format!("replacing {}", dir.display()))?;
+        }
+        fs::rename(&tmp, dir).with_context(|| format!("renaming {} into place", tmp.display()))
+    });
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        fs::write(&p, "old").unwrap();
+        let e = write_file(&p, |_| bail!("boom")).unwrap_err();
+        assert!(format!("{e:#}").contains("a.json"), "{e:#}");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        write_bytes(&p, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+    }
+
+    #[test]
+    fn files_are_checked_before_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = prepare_file(&dir.path().join("x.jpg"), "--out", &["png"]).unwrap_err();
+        assert!(e.to_string().contains("only png files"), "{e}");
+        prepare_file(&dir.path().join("x.PNG"), "--out", &["png"]).unwrap();
+        let deep = dir.path().join("new/sub/b.json");
+        prepare_file(&deep, "--json", &[]).unwrap();
+        assert!(deep.parent().unwrap().is_dir());
+        let e = prepare_file(dir.path(), "--json", &[]).unwrap_err();
+        assert!(e.to_string().contains("not a folder"), "{e}");
+    }
+
+    #[test]
+    fn folders_are_new_or_empty_and_appear_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        write_dir(&out, "--out", |tmp| Ok(fs::write(tmp.join("a"), "1")?)).unwrap();
+        assert_eq!(fs::read_to_string(out.join("a")).unwrap(), "1");
+        let e = write_dir(&out, "--out", |_| unreachable!()).unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        write_dir(&empty, "--out", |tmp| Ok(fs::write(tmp.join("b"), "2")?)).unwrap();
+        assert!(empty.join("b").is_file());
+        let failed = dir.path().join("failed");
+        assert!(write_dir(&failed, "--out", |_| bail!("boom")).is_err());
+        assert!(!failed.exists() && !dir.path().join("failed.partial").exists());
+    }
+}
