@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cim_model::EncoderChoice;
 use cim_spec::backend::Backend;
 use cim_spec::config::{Correlation, ModelConfig, Predictor};
