@@ -10,7 +10,7 @@ use cim_reference::Reference;
 use cim_train::checkpoint;
 use cim_train::recipe::Recipe;
 use cim_train::tensors::TensorSet;
-use cim_train::trainer::{PairSource, Resume, SyntheticSource, TrainOptions, pretrain};
+use cim_train::trainer::{PairSource, Resume, Summary, SyntheticSource, TrainOptions, pretrain};
 
 fn source(recipe: &Recipe) -> SyntheticSource {
     SyntheticSource {
@@ -28,6 +28,22 @@ fn options(dir: &Path, resume: Resume, max_steps: Option<u64>) -> TrainOptions {
         max_steps,
         progress: false,
     }
+}
+
+/// `pretrain` of `recipe` on its synthetic source into `dir`.
+fn train(
+    b: &Reference,
+    recipe: &Recipe,
+    dir: &Path,
+    resume: Resume,
+    max_steps: Option<u64>,
+) -> anyhow::Result<Summary> {
+    pretrain(
+        b,
+        recipe,
+        &mut source(recipe),
+        &options(dir, resume, max_steps),
+    )
 }
 
 fn recipe() -> Recipe {
@@ -52,30 +68,12 @@ fn resumed_run_continues_where_it_stopped() {
     let b = Reference::new();
     let r = recipe();
     let whole = tempfile::tempdir().unwrap();
-    let s = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(whole.path(), Resume::No, None),
-    )
-    .unwrap();
+    let s = train(&b, &r, whole.path(), Resume::No, None).unwrap();
     assert_eq!(s.steps, 6, "3 epochs of 4 micro-batches, 2 per step");
     let parts = tempfile::tempdir().unwrap();
-    let s1 = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(parts.path(), Resume::No, Some(3)),
-    )
-    .unwrap();
+    let s1 = train(&b, &r, parts.path(), Resume::No, Some(3)).unwrap();
     assert_eq!(s1.steps, 3);
-    let s2 = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(parts.path(), Resume::Auto, None),
-    )
-    .unwrap();
+    let s2 = train(&b, &r, parts.path(), Resume::Auto, None).unwrap();
     assert_eq!(s2.steps, 6);
     for file in ["model.safetensors", "optimizer.safetensors"] {
         let a = TensorSet::read(&checkpoint::step_dir(whole.path(), 6).join(file)).unwrap();
@@ -111,24 +109,13 @@ fn bad_starts_are_refused_and_leave_checkpoints_intact() {
     let b = Reference::new();
     let r = recipe();
     let dir = tempfile::tempdir().unwrap();
-    pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(dir.path(), Resume::No, Some(2)),
-    )
-    .unwrap();
+    train(&b, &r, dir.path(), Resume::No, Some(2)).unwrap();
     let before = checkpoint::list(dir.path()).unwrap();
     let snapshot = fs::read(before.last().unwrap().join("model.safetensors")).unwrap();
     // A fresh start into a folder with checkpoints.
-    let e = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(dir.path(), Resume::No, None),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &r, dir.path(), Resume::No, None)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("already holds checkpoints") && e.contains("--resume auto"),
         "{e}"
@@ -144,14 +131,9 @@ fn bad_starts_are_refused_and_leave_checkpoints_intact() {
         ],
     )
     .unwrap();
-    let e = pretrain(
-        &b,
-        &other,
-        &mut source(&other),
-        &options(dir.path(), Resume::Auto, None),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &other, dir.path(), Resume::Auto, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("recipe differs"), "{e}");
     // A damaged checkpoint names the tensor.
     let damaged = tempfile::tempdir().unwrap();
@@ -172,13 +154,7 @@ fn bad_starts_are_refused_and_leave_checkpoints_intact() {
     let fork = damaged.path().join("fork");
     let e = format!(
         "{:#}",
-        pretrain(
-            &b,
-            &r,
-            &mut source(&r),
-            &options(&fork, Resume::From(copy.clone()), None)
-        )
-        .unwrap_err()
+        train(&b, &r, &fork, Resume::From(copy.clone()), None).unwrap_err()
     );
     assert!(e.contains("norm.weight is missing"), "{e}");
     assert!(!fork.exists(), "a refused start writes nothing");
@@ -292,20 +268,15 @@ fn resuming_behind_newer_checkpoints_or_into_another_run_is_refused() {
     let r = recipe();
     let runs = tempfile::tempdir().unwrap();
     let (ra, rx) = (runs.path().join("ra"), runs.path().join("rx"));
-    pretrain(&b, &r, &mut source(&r), &options(&ra, Resume::No, None)).unwrap();
-    pretrain(&b, &r, &mut source(&r), &options(&rx, Resume::No, Some(3))).unwrap();
+    train(&b, &r, &ra, Resume::No, None).unwrap();
+    train(&b, &r, &rx, Resume::No, Some(3)).unwrap();
     let ra_before = checkpoint_names(&ra);
     assert_eq!(ra_before, ["step-00000005", "step-00000006"]);
     // Rolling back inside a run would leave the abandoned newer checkpoint beside the new.
     let back = checkpoint::step_dir(&ra, 5);
-    let e = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&ra, Resume::From(back), Some(6)),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &r, &ra, Resume::From(back), Some(6))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("step-00000006") && e.contains("newer than the resume point (step 5)"),
         "{e}"
@@ -313,14 +284,9 @@ fn resuming_behind_newer_checkpoints_or_into_another_run_is_refused() {
     assert!(e.contains("fresh --out"), "{e}");
     // Another run's checkpoint into a folder with checkpoints would mix the two runs.
     let theirs = checkpoint::step_dir(&rx, 3);
-    let e = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&ra, Resume::From(theirs.clone()), Some(4)),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &r, &ra, Resume::From(theirs.clone()), Some(4))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("step-00000005") && e.contains("step-00000006"),
         "{e}"
@@ -331,20 +297,10 @@ fn resuming_behind_newer_checkpoints_or_into_another_run_is_refused() {
     // Resuming from the newest checkpoint of the run itself stays allowed, as does a fork
     // into a fresh folder.
     let newest = checkpoint::step_dir(&rx, 3);
-    let s = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&rx, Resume::From(newest), Some(4)),
-    );
+    let s = train(&b, &r, &rx, Resume::From(newest), Some(4));
     assert_eq!(s.unwrap().steps, 4);
     let fork = runs.path().join("fork");
-    let s = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&fork, Resume::From(theirs), Some(5)),
-    );
+    let s = train(&b, &r, &fork, Resume::From(theirs), Some(5));
     assert_eq!(s.unwrap().steps, 5);
     assert_eq!(checkpoint_names(&fork), ["step-00000004", "step-00000005"]);
     assert_eq!(metric_steps(&fork), [4, 5]);
@@ -355,13 +311,7 @@ fn the_checkpoint_just_written_is_never_pruned() {
     let b = Reference::new();
     let r = recipe();
     let dir = tempfile::tempdir().unwrap();
-    pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(dir.path(), Resume::No, Some(2)),
-    )
-    .unwrap();
+    train(&b, &r, dir.path(), Resume::No, Some(2)).unwrap();
     // Checkpoints newer than the one about to be written (as a rollback once left).
     for step in [8, 9] {
         let to = checkpoint::step_dir(dir.path(), step);
@@ -388,7 +338,7 @@ fn a_refused_start_writes_nothing() {
     let r = recipe();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(2))).unwrap();
+    train(&b, &r, &run, Resume::No, Some(2)).unwrap();
     // Without its recipe.toml, resuming with another recipe is refused by the
     // checkpoint's recipe hash, and recipe.toml must not have been rewritten before.
     fs::remove_file(run.join("recipe.toml")).unwrap();
@@ -404,25 +354,14 @@ fn a_refused_start_writes_nothing() {
         ],
     )
     .unwrap();
-    let e = pretrain(
-        &b,
-        &other,
-        &mut source(&other),
-        &options(&run, Resume::Auto, None),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &other, &run, Resume::Auto, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("written by another recipe"), "{e}");
     assert!(!run.join("recipe.toml").exists());
     assert_eq!(fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     // The right recipe still resumes.
-    let s = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&run, Resume::Auto, Some(3)),
-    )
-    .unwrap();
+    let s = train(&b, &r, &run, Resume::Auto, Some(3)).unwrap();
     assert_eq!(s.steps, 3);
     assert_eq!(
         Recipe::read_resolved(&run.join("recipe.toml"))
@@ -435,14 +374,9 @@ fn a_refused_start_writes_nothing() {
     let mut bad = Recipe::load("micro", &[]).unwrap();
     bad.optim.min_lr = -1.0;
     let fresh = dir.path().join("fresh");
-    let e = pretrain(
-        &b,
-        &bad,
-        &mut source(&bad),
-        &options(&fresh, Resume::No, None),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &bad, &fresh, Resume::No, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("learning-rate schedule"), "{e}");
     assert!(!fresh.exists());
 }
@@ -463,7 +397,7 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
         fs::write(docs.join(f), text).unwrap();
     }
     for resume in [Resume::No, Resume::Auto] {
-        let e = pretrain(&b, &r, &mut source(&r), &options(&docs, resume, Some(1)))
+        let e = train(&b, &r, &docs, resume, Some(1))
             .unwrap_err()
             .to_string();
         assert!(
@@ -479,14 +413,9 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
     let left = dir.path().join("left");
     fs::create_dir_all(left.join("checkpoints/step-00000004")).unwrap();
     fs::write(left.join("metrics.jsonl"), "{\"step\":1}\n").unwrap();
-    let e = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&left, Resume::Auto, Some(1)),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = train(&b, &r, &left, Resume::Auto, Some(1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("checkpoints, metrics.jsonl"), "{e}");
     assert_eq!(
         fs::read_to_string(left.join("metrics.jsonl")).unwrap(),
@@ -494,12 +423,13 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
     );
     // A fork from another run's checkpoint also needs a fresh folder.
     let run = dir.path().join("run");
-    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(1))).unwrap();
-    let e = pretrain(
+    train(&b, &r, &run, Resume::No, Some(1)).unwrap();
+    let e = train(
         &b,
         &r,
-        &mut source(&r),
-        &options(&docs, Resume::From(checkpoint::step_dir(&run, 1)), Some(2)),
+        &docs,
+        Resume::From(checkpoint::step_dir(&run, 1)),
+        Some(2),
     )
     .unwrap_err()
     .to_string();
@@ -510,20 +440,9 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
     // An empty folder, and --resume auto into an absent one, start fresh.
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&empty, Resume::No, Some(1)),
-    )
-    .unwrap();
+    train(&b, &r, &empty, Resume::No, Some(1)).unwrap();
     let absent = dir.path().join("absent");
-    let s = pretrain(
-        &b,
-        &r,
-        &mut source(&r),
-        &options(&absent, Resume::Auto, Some(1)),
-    );
+    let s = train(&b, &r, &absent, Resume::Auto, Some(1));
     assert_eq!(s.unwrap().steps, 1);
 }
 
@@ -533,7 +452,7 @@ fn a_checkpoint_with_an_unexpected_tensor_is_refused() {
     let r = recipe();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    pretrain(&b, &r, &mut source(&r), &options(&run, Resume::No, Some(1))).unwrap();
+    train(&b, &r, &run, Resume::No, Some(1)).unwrap();
     let ckpt = checkpoint::step_dir(&run, 1);
     let mut model = Cim::new(&b, r.model_config().unwrap(), 2, 0).unwrap();
     checkpoint::load(&b, &mut model, &ckpt, true).unwrap();
