@@ -39,10 +39,10 @@ use crate::device::backend_err;
 use crate::distributed::{
     self, BucketFeed, Collective, DEFAULT_BUCKET_BYTES, SingleProcess, StepVote, check_replicas,
 };
-use crate::plot;
 use crate::recipe::Recipe;
 use crate::runs;
 use crate::synthetic::{self, HostBatch};
+use crate::{output, plot};
 
 /// Set by the SIGINT/SIGTERM handler: checkpoint at the next step boundary, then stop.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -321,9 +321,7 @@ pub fn pretrain_distributed<B: Backend>(
     fs::create_dir_all(run).with_context(|| format!("creating run folder {}", run.display()))?;
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = if root {
-        let tmp = run.join("recipe.toml.partial");
-        fs::write(&tmp, recipe.to_toml())?;
-        fs::rename(&tmp, &recipe_path)?;
+        output::write_bytes(&recipe_path, recipe.to_toml().as_bytes())?;
         truncate_metrics(&metrics_path, state.step)?;
         let file = OpenOptions::new()
             .create(true)
