@@ -1,7 +1,8 @@
 //! The `cim-cpu` binary end to end on a few generated images: a SIGINT during
 //! pre-training checkpoints at the next step and exits cleanly, `--resume auto` continues
 //! from that checkpoint, bad input ends with an error that names it, and `selftest` and
-//! `bench` report what they measured; any other subcommand stops at the first SIGINT.
+//! `bench` report what they measured; any other subcommand stops at the first SIGINT; `pack`
+//! makes shards that `pretrain` reads.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -557,4 +558,45 @@ fn a_run_folder_in_the_data_folder_is_refused() {
         12,
         "nothing added"
     );
+}
+
+/// `pack` turns a folder into shards that `check-data` and `pretrain` read; undecodable
+/// images are left out by name, and an existing folder is never packed into.
+#[test]
+fn pack_makes_shards_that_pretrain_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    images(&data);
+    std::fs::write(data.join("zz-text.jpg"), "not a jpeg").unwrap();
+    let pack = dir.path().join("pack");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = bin().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let args = [
+        "pack".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        pack.as_os_str(),
+        "--shorter-side".as_ref(),
+        "32".as_ref(),
+    ];
+    let (ok, text) = run(&args);
+    assert!(ok, "{text}");
+    assert!(text.contains("packed 12 images"), "{text}");
+    assert!(
+        text.contains("zz-text.jpg") && text.contains("1 undecodable"),
+        "{text}"
+    );
+    let (ok, text) = run(&args);
+    assert!(
+        !ok && text.contains("not empty"),
+        "packing into a pack: {text}"
+    );
+    let (ok, text) = run(&["check-data".as_ref(), pack.as_os_str()]);
+    assert!(ok, "{text}");
+    let (ok, text) = pretrain(&pack, &dir.path().join("run"), 1, &[]);
+    assert!(ok, "{text}");
 }

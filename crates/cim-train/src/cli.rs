@@ -220,6 +220,27 @@ pub enum Command {
         #[arg(long)]
         breakdown: bool,
     },
+    /// Pack a dataset into shards for fast reading: every image decoded once, its shorter
+    /// side brought down to --shorter-side, stored as raw RGB in large checksummed files
+    /// that `pretrain --data PACK` memory-maps (no JPEG decoding during training).
+    /// Undecodable images are left out and listed.
+    Pack {
+        /// ImageFolder (labels kept), flat or nested folder, or file list.
+        data: PathBuf,
+        /// A new or empty folder for the pack.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images whose shorter side is longer are resized to it (antialiased bicubic);
+        /// smaller ones are kept as they are. At least the recipe's data.input_size.
+        #[arg(long, default_value_t = 256)]
+        shorter_side: u32,
+        /// Size of each shard file in MiB.
+        #[arg(long, default_value_t = 1024)]
+        shard_mib: u64,
+        /// Decoding threads [default: every core].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Decode every image of a dataset and report every problem before any training.
     CheckData {
         /// ImageFolder, flat or nested folder, or file list.
@@ -742,6 +763,48 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             if let Some(path) = json {
                 output::write_bytes(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
+            Ok(())
+        }
+        Command::Pack {
+            data,
+            out,
+            shorter_side,
+            shard_mib,
+            threads,
+        } => {
+            if shorter_side == 0 || shard_mib == 0 || threads == Some(0) {
+                bail!("--shorter-side, --shard-mib and --threads must be at least 1");
+            }
+            let shard_bytes = shard_mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| anyhow::anyhow!("--shard-mib {shard_mib} is too large"))?;
+            output::prepare_dir(&out, "--out")?;
+            let dataset = cim_data::Dataset::open(&data)?;
+            let defaults = cim_data::PackOptions::default();
+            let summary = cim_data::pack(
+                &dataset,
+                &out,
+                &cim_data::PackOptions {
+                    shorter_side,
+                    shard_bytes,
+                    threads: threads.unwrap_or(defaults.threads),
+                },
+            )?;
+            for problem in &summary.skipped {
+                eprintln!("left out {}: {}", problem.path.display(), problem.reason);
+            }
+            println!(
+                "packed {} images of {} into {} shard(s), {:.1} MiB, in {}{}",
+                summary.records,
+                data.display(),
+                summary.shards,
+                summary.bytes as f64 / (1 << 20) as f64,
+                out.display(),
+                match summary.skipped.len() {
+                    0 => String::new(),
+                    n => format!("; {n} undecodable image(s) left out (listed above)"),
+                }
+            );
             Ok(())
         }
         Command::CheckData { path } => {
