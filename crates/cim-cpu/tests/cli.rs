@@ -599,4 +599,25 @@ fn pack_makes_shards_that_pretrain_reads() {
     assert!(ok, "{text}");
     let (ok, text) = pretrain(&pack, &dir.path().join("run"), 1, &[]);
     assert!(ok, "{text}");
+    let jpeg = dir.path().join("jpeg");
+    let (ok, text) = run(&[
+        "pack".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        jpeg.as_os_str(),
+        "--jpeg-quality".as_ref(),
+        "90".as_ref(),
+    ]);
+    assert!(ok && text.contains("packed 12 images"), "{text}");
+    let (ok, text) = pretrain(&jpeg, &dir.path().join("run-jpeg"), 1, &[]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&[
+        "pack".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        dir.path().join("q0").as_os_str(),
+        "--jpeg-quality".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert!(!ok && text.contains("--jpeg-quality"), "{text}");
 }

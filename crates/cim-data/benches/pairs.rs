@@ -1,5 +1,5 @@
 //! Pairs per second per core for the ImageNet recipe (224 search view, 160 context,
-//! 6 x 64 exemplars, every transform on), from JPEG files and from packed shards, beside the
+//! 6 x 64 exemplars, every transform on), from JPEG files and from packed shards (raw and JPEG records), beside the
 //! same pipeline written the way the public PyTorch release does it
 //! (`benches/python/pairs_baseline.py`, PIL + torchvision, one thread), on the same images.
 //! Side by side in one table with their ratios to that baseline: the whole pair on the CPU
@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cim_data::{
-    Batch, BatchLoader, CropBox, Dataset, Kernel, LoaderBatch, LoaderOptions, PackOptions,
-    PairConfig, ViewBatch, decode_rgb8, make_pair, pack, plan_pair, plan_view, render_exemplar,
-    resize, resize_crop, sample,
+    Batch, BatchLoader, CropBox, Dataset, Encoding, Kernel, LoaderBatch, LoaderOptions,
+    PackOptions, PairConfig, ViewBatch, decode_rgb8, make_pair, pack, plan_pair, plan_view,
+    render_exemplar, resize, resize_crop, sample,
 };
 use cim_spec::rng::CimRng;
 
@@ -233,6 +233,21 @@ fn main() {
     let shard_rate = rate(secs, |i| {
         black_box(sample(&shards, &cfg, 0, 0, i % n).ok());
     });
+    let jpeg_dir = tempfile::tempdir().expect("temp dir");
+    let jpeg_packed = pack(
+        &ds,
+        jpeg_dir.path(),
+        &PackOptions {
+            shorter_side: 256,
+            encoding: Encoding::Jpeg { quality: 90 },
+            ..PackOptions::default()
+        },
+    )
+    .expect("packs");
+    let jpeg_shards = Dataset::open(jpeg_dir.path()).expect("opens shards");
+    let jpeg_shard_rate = rate(secs, |i| {
+        black_box(sample(&jpeg_shards, &cfg, 0, 0, i % n).ok());
+    });
     // What stays on the CPU when the device renders the context, exemplars and maps from
     // an uploaded 8-bit search view (S2 item 2): a ViewLoader slot's work, load + plan_view.
     let view_only = |ds: &Dataset, i: usize| {
@@ -241,6 +256,7 @@ fn main() {
     };
     let files_view = rate(secs, |i| view_only(&ds, i));
     let shards_view = rate(secs, |i| view_only(&shards, i));
+    let jpeg_shards_view = rate(secs, |i| view_only(&jpeg_shards, i));
     let workers = std::thread::available_parallelism().map_or(1, |c| c.get());
     let loader_pairs = loader_rate::<Batch>(&ds, cfg, workers, secs);
     let loader_views = loader_rate::<ViewBatch>(&ds, cfg, workers, secs);
@@ -265,13 +281,25 @@ fn main() {
         let ratio = py.map_or("-".to_string(), |py| format!("{:.1}x", r / py));
         println!("{name:<64} {r:>8.1} {:>9.3} {ratio:>10}", 1000.0 / r);
     };
-    let shard_note = format!("shards (shorter side 256, {} MB)", packed.bytes >> 20);
+    let shard_note = format!("raw shards (256, {:.1} MB)", packed.bytes as f64 / 1e6);
+    let jpeg_note = format!(
+        "JPEG q90 shards (256, {:.1} MB)",
+        jpeg_packed.bytes as f64 / 1e6
+    );
     versus("whole pair on the CPU, JPEG files", files);
     versus(&format!("whole pair on the CPU, {shard_note}"), shard_rate);
+    versus(
+        &format!("whole pair on the CPU, {jpeg_note}"),
+        jpeg_shard_rate,
+    );
     versus("device path (plan + search view), JPEG files", files_view);
     versus(
         &format!("device path (plan + search view), {shard_note}"),
         shards_view,
+    );
+    versus(
+        &format!("device path (plan + search view), {jpeg_note}"),
+        jpeg_shards_view,
     );
     match py {
         Some(py) => versus("Python/PIL/torchvision, release style, JPEG files", py),

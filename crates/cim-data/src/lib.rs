@@ -39,5 +39,5 @@ pub use resample::{
     resize_coefficients, resize_crop,
 };
 pub use rgb::RgbImage;
-pub use shards::{PackOptions, PackSummary, SHARD_INDEX, pack};
+pub use shards::{Encoding, PackOptions, PackSummary, SHARD_INDEX, pack};
 pub use sheet::pair_sheet;

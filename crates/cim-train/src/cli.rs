@@ -221,8 +221,9 @@ pub enum Command {
         breakdown: bool,
     },
     /// Pack a dataset into shards for fast reading: every image decoded once, its shorter
-    /// side brought down to --shorter-side, stored as raw RGB in large checksummed files
-    /// that `pretrain --data PACK` memory-maps (no JPEG decoding during training).
+    /// side brought down to --shorter-side, stored in large checksummed files that
+    /// `pretrain --data PACK` memory-maps: as raw RGB (no decoding during training), or
+    /// with --jpeg-quality as small JPEGs (a tenth of the size, cheap to decode).
     /// Undecodable images are left out and listed.
     Pack {
         /// ImageFolder (labels kept), flat or nested folder, or file list.
@@ -240,6 +241,10 @@ pub enum Command {
         /// Decoding threads [default: every core].
         #[arg(long)]
         threads: Option<usize>,
+        /// Store records as JPEG at this quality (1-100; 90 or more keeps full-resolution
+        /// colour) instead of raw RGB.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        jpeg_quality: Option<u8>,
     },
     /// Decode every image of a dataset and report every problem before any training.
     CheckData {
@@ -771,6 +776,7 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
             shorter_side,
             shard_mib,
             threads,
+            jpeg_quality,
         } => {
             if shorter_side == 0 || shard_mib == 0 || threads == Some(0) {
                 bail!("--shorter-side, --shard-mib and --threads must be at least 1");
@@ -788,6 +794,9 @@ pub fn run_as<B: Backend>(backend: &B, cli: Cli, defaults: BinaryDefaults<B>) ->
                     shorter_side,
                     shard_bytes,
                     threads: threads.unwrap_or(defaults.threads),
+                    encoding: jpeg_quality.map_or(cim_data::Encoding::Raw, |quality| {
+                        cim_data::Encoding::Jpeg { quality }
+                    }),
                 },
             )?;
             for problem in &summary.skipped {
