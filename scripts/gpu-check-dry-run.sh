@@ -25,6 +25,7 @@ for name in returned:
 logs = tarfile.open(os.path.join(sys.argv[1], "logs.tar.gz")).getnames()
 assert "./pretrain.log" in logs and "./run/metrics.jsonl" in logs, f"gpu-check dry run: logs.tar.gz holds {logs}"
 s = json.load(open(os.path.join(sys.argv[1], "summary.json")))
+assert not s.get("summary_errors"), f"gpu-check dry run: the summary could not read {s['summary_errors']}"
 required = ("selftest", "pretrain", "bench_cim", "bench_cim_bf16", "bench_cim_bf16_fused",
             "bench_cim_bf16_epilogues")
 bad = {k: v for k, v in s["status"].items() if k in required and v != "0"}

@@ -33,6 +33,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
 mkdir -p "$OUT"
 WORK="${WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)}"
+: "${WORK:?no scratch folder (mktemp failed)}"
 mkdir -p "$WORK"
 BUNDLE="${BUNDLE:-gpu-bundle}"
 PEAK_TFLOPS="${PEAK_TFLOPS:-989}"
@@ -46,8 +47,15 @@ dry_run=0
 site=$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null || true)
 libdir="$WORK/lib"
 mkdir -p "$libdir"
-# (nvidia-nccl-cu13 has put it under nvidia/nccl/lib; look wherever the wheels put it).
-nccl=$( [[ -n "$site" && -d "$site/nvidia" ]] && find "$site/nvidia" -name libnccl.so.2 2>/dev/null | head -n 1)
+# The CUDA 13 wheel's first (nvidia/cu13/lib, beside the cuBLAS we load), then the older
+# layout (nvidia/nccl/lib), then wherever the wheels put one.
+nccl=
+for candidate in "$site/nvidia/cu13/lib/libnccl.so.2" "$site/nvidia/nccl/lib/libnccl.so.2"; do
+    [[ -n "$site" && -e "$candidate" ]] && nccl=$candidate && break
+done
+if [[ -z "$nccl" && -n "$site" && -d "$site/nvidia" ]]; then
+    nccl=$(find "$site/nvidia" -name libnccl.so.2 2>/dev/null | head -n 1)
+fi
 if [[ -n "$nccl" ]]; then
     ln -sf "$nccl" "$libdir/libnccl.so"
 fi
@@ -77,14 +85,17 @@ part() { # name timeout command...
     ((limit > left)) && limit=$left
     echo "== $name (limit $limit s)" >&2
     local start=$SECONDS
-    timeout "$limit" "$@" >"$WORK/$name.log" 2>&1
+    # -k: a part that ignores SIGTERM (pretrain checkpoints first) or hangs in the driver
+    # is killed 15 s later, so the run always reaches its summary.
+    timeout -k 15 "$limit" "$@" >"$WORK/$name.log" 2>&1
     local rc=$?
     status[$name]=$rc
     echo "   rc $rc in $((SECONDS - start)) s (log $WORK/$name.log)" >&2
     tail -n 3 "$WORK/$name.log" >&2
 }
 
-nvidia-smi >"$WORK/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$WORK/nvidia-smi.txt"
+# Straight into $OUT: it comes back even if the run is killed before its summary.
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >"$OUT/nvidia-smi.txt"
 
 # Most telling first, each under a limit, so the whole run fits one device call (10 min)
 # and a part that overruns costs only itself.
@@ -142,9 +153,25 @@ import json, os, re, sys
 out = sys.argv[1]
 status = dict(re.findall(r'\[(\w+)\]="?([^" ]*)"?', sys.argv[2]))
 summary = {"status": status}
+errors = summary["summary_errors"] = []
+def guarded(what, f):
+    """f(), or None with the failure recorded: one unreadable file must not cost the rest."""
+    try:
+        return f()
+    except Exception as e:
+        errors.append(f"{what}: {type(e).__name__}: {e}")
+        return None
 def load(name):
     path = os.path.join(out, name)
-    return json.load(open(path)) if os.path.exists(path) else None
+    return guarded(name, lambda: json.load(open(path))) if os.path.exists(path) else None
+def last_json_line(path):
+    for line in reversed(open(path).readlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
 summary["bench_cim"] = load("bench-cim.json")
 summary["bench_cim_bf16"] = load("bench-cim-bf16.json")
 summary["bench_cim_bf16_epilogues"] = load("bench-cim-bf16-epilogues.json")
@@ -152,11 +179,11 @@ summary["bench_cim_bf16_fused"] = load("bench-cim-bf16-fused.json")
 summary["bench_cim_tf32"] = load("bench-cim-tf32.json")
 for name in ("bench_torch_eager_none", "bench_torch_compile_bf16"):
     log = os.path.join(out, name + ".log")
-    lines = [l for l in open(log)] if os.path.exists(log) else []
-    summary[name] = next((json.loads(l) for l in reversed(lines) if l.startswith("{")), None)
+    summary[name] = guarded(name, lambda: last_json_line(log)) if os.path.exists(log) else None
 metrics = os.path.join(out, "run", "metrics.jsonl")
 if os.path.exists(metrics):
-    losses = [json.loads(l)["loss"] for l in open(metrics) if '"loss"' in l]
+    losses = guarded("metrics.jsonl", lambda: [
+        json.loads(l)["loss"] for l in open(metrics) if '"loss"' in l]) or []
     if losses:
         k = max(1, len(losses) // 5)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
@@ -173,7 +200,11 @@ for ours in ("bench_cim", "bench_cim_bf16", "bench_cim_bf16_epilogues", "bench_c
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PY
-# What comes back: the summary, the nvidia-smi report, and everything else packed in one
-# archive (the checkpoints and the library links stay behind).
-cp "$WORK/summary.json" "$WORK/nvidia-smi.txt" "$OUT/"
+# What comes back: the summary, the nvidia-smi report (already there), and everything else
+# packed in one archive (the checkpoints and the library links stay behind; a log over
+# 2 MiB keeps its last 2 MiB, so the archive stays far below the 16 MiB a file may have).
+cp "$WORK/summary.json" "$OUT/"
+for log in "$WORK"/*.log; do
+    [[ -f "$log" ]] && (($(stat -c %s "$log") > 2097152)) && tail -c 2097152 "$log" >"$log.tail" && mv "$log.tail" "$log"
+done
 tar czf "$OUT/logs.tar.gz" -C "$WORK" --exclude=./lib --exclude=./run/checkpoints .
