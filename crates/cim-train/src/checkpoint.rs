@@ -124,12 +124,23 @@ pub fn save<B: Backend>(
     weights.write(&tmp.join("model.safetensors"), None)?;
     optim.write(&tmp.join("optimizer.safetensors"), None)?;
     fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state)?)?;
+    // A folder of the same step (not reached in a normal run: a resumed run does not save
+    // its resume point again) is moved aside, not deleted, until the new one is in place.
+    let replaced = parent.join(format!(".old-step-{:08}", state.step));
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)
-            .with_context(|| format!("replacing {}", final_dir.display()))?;
+        if replaced.exists() {
+            fs::remove_dir_all(&replaced)
+                .with_context(|| format!("removing stale {}", replaced.display()))?;
+        }
+        fs::rename(&final_dir, &replaced)
+            .with_context(|| format!("moving {} aside", final_dir.display()))?;
     }
     fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    if replaced.exists() {
+        fs::remove_dir_all(&replaced)
+            .with_context(|| format!("removing the replaced {}", replaced.display()))?;
+    }
     // The one just written is kept whatever sorts after it; the oldest others go.
     let others: Vec<PathBuf> = list(run)?.into_iter().filter(|p| *p != final_dir).collect();
     let excess = (others.len() + 1).saturating_sub(keep_last.max(1));

@@ -10,12 +10,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// `path` with `suffix` appended to its file name: the temporary sibling a file or folder
-/// is written under (same folder, so the final rename stays on one file system).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().map_or_else(OsString::new, OsString::from);
-    name.push(suffix);
-    path.with_file_name(name)
+/// The temporary sibling `path` is written under: hidden, named after this process (same
+/// folder, so the final rename stays on one file system), and refused if something already
+/// has that name, which is then never overwritten or removed.
+fn sibling(path: &Path) -> Result<PathBuf> {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".partial-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    if tmp.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists (left by an interrupted write?): remove it and retry",
+            tmp.display()
+        );
+    }
+    Ok(tmp)
 }
 
 /// Checks, before any work, that the file `path` can be written by [`write_file`]: it is
@@ -48,7 +57,7 @@ pub fn prepare_file(path: &Path, flag: &str, extensions: &[&str]) -> Result<()> 
 /// Writes `path` atomically: `write` fills a temporary sibling, which is then renamed over
 /// `path`; on failure the temporary file is removed and `path` is left as it was.
 pub fn write_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = sibling(path, ".partial");
+    let tmp = sibling(path)?;
     let written = write(&tmp).and_then(|()| {
         fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
     });
@@ -96,11 +105,11 @@ pub fn prepare_dir(dir: &Path, flag: &str) -> Result<()> {
 /// are written; on failure it is removed and `dir` does not appear.
 pub fn write_dir(dir: &Path, flag: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     prepare_dir(dir, flag)?;
-    let tmp = sibling(dir, ".partial");
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
+    let tmp = sibling(dir)?;
+    if let Some(parent) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let written = fill(&tmp).and_then(|()| {
         // An empty folder the user made in advance is replaced; prepare_dir refused any other.
         if dir.exists() {
@@ -162,6 +171,23 @@ mod tests {
         assert!(empty.join("b").is_file());
         let failed = dir.path().join("failed");
         assert!(write_dir(&failed, "--out", |_| bail!("boom")).is_err());
-        assert!(!failed.exists() && !dir.path().join("failed.partial").exists());
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "only out and empty: {left:?}");
+    }
+
+    #[test]
+    fn a_users_file_named_like_a_temporary_is_never_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let theirs = dir
+            .path()
+            .join(format!(".out.partial-{}", std::process::id()));
+        fs::create_dir(&theirs).unwrap();
+        fs::write(theirs.join("keep"), "mine").unwrap();
+        let e = write_dir(&out, "--out", |_| unreachable!()).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        let e = write_bytes(&out, b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+        assert_eq!(fs::read_to_string(theirs.join("keep")).unwrap(), "mine");
     }
 }

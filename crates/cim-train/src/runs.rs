@@ -25,6 +25,9 @@ pub struct Located {
 /// Resolves `path`: a checkpoint folder (has state.json) or a run folder (its newest).
 pub fn locate(path: &Path) -> Result<Located> {
     if path.join("state.json").is_file() {
+        // Resolved first, so that a link to a checkpoint (`latest -> RUN/checkpoints/...`)
+        // or a bare `step-N` leads to its own run's recipe.
+        let path = &path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         let run = path.parent().and_then(Path::parent).ok_or_else(|| {
             anyhow!(
                 "{}: a checkpoint folder must sit in RUN/checkpoints/",
@@ -83,8 +86,11 @@ pub fn open<B: Backend>(
 /// checkpoint) needs `run` absent or empty; resuming from a checkpoint of `run` needs no
 /// newer complete checkpoint beside it (their metrics would be cut and `keep_last` would
 /// prune the new checkpoints before the abandoned ones); resuming from another folder's
-/// checkpoint (a fork) needs `run` absent or empty.
-pub fn start_point(run: &Path, resume: &Resume) -> Result<Option<PathBuf>> {
+/// checkpoint (a fork) needs `run` absent or empty. One exception, for jobs that a
+/// scheduler requeues with `--resume auto`: a folder holding only what a start of this
+/// same `recipe` leaves before its first complete checkpoint (its recipe.toml, metrics,
+/// skip logs, an unfinished checkpoint) starts over.
+pub fn start_point(run: &Path, resume: &Resume, recipe: &Recipe) -> Result<Option<PathBuf>> {
     let complete = checkpoint::list(run)?;
     match resume {
         Resume::No => {
@@ -100,6 +106,13 @@ pub fn start_point(run: &Path, resume: &Resume) -> Result<Option<PathBuf>> {
         }
         Resume::Auto => match complete.last() {
             Some(last) => Ok(Some(last.clone())),
+            None if left_by_a_start_of(run, recipe)? => {
+                eprintln!(
+                    "{} holds only what an earlier start of this recipe left before its first checkpoint: starting over",
+                    run.display()
+                );
+                Ok(None)
+            }
             None => {
                 require_empty(run, "a new run")?;
                 Ok(None)
@@ -146,12 +159,47 @@ fn step_of(checkpoint: &Path) -> Option<u64> {
 }
 
 /// Whether `checkpoint` sits in `run`'s checkpoints folder (however either is spelled).
-fn is_checkpoint_of(run: &Path, checkpoint: &Path) -> bool {
+pub fn is_checkpoint_of(run: &Path, checkpoint: &Path) -> bool {
     let ours = run.join("checkpoints").canonicalize();
     let parent = checkpoint
         .canonicalize()
         .map(|c| c.parent().map(Path::to_path_buf));
     matches!((ours, parent), (Ok(a), Ok(Some(b))) if a == b)
+}
+
+/// Whether `run` holds nothing but what a start of `recipe` writes before its first
+/// complete checkpoint: recipe.toml (this recipe's, by hash), metrics.jsonl, loss.png,
+/// the skip logs, and a checkpoints folder holding only unfinished `.tmp-step-*` ones.
+fn left_by_a_start_of(run: &Path, recipe: &Recipe) -> Result<bool> {
+    let Ok(entries) = fs::read_dir(run) else {
+        return Ok(false);
+    };
+    let names = |dir: &Path, entries: fs::ReadDir| -> Result<Vec<String>> {
+        entries
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("listing {}", dir.display()))
+    };
+    let run_files = names(run, entries)?;
+    let ours = |n: &str| {
+        matches!(
+            n,
+            "recipe.toml" | "metrics.jsonl" | "loss.png" | "checkpoints"
+        ) || (n.starts_with("skipped") && n.ends_with(".jsonl"))
+    };
+    if !run_files.iter().all(|n| ours(n)) || !run_files.iter().any(|n| n == "recipe.toml") {
+        return Ok(false);
+    }
+    let checkpoints = run.join("checkpoints");
+    if let Ok(entries) = fs::read_dir(&checkpoints)
+        && !names(&checkpoints, entries)?
+            .iter()
+            .all(|n| n.starts_with(".tmp-step-"))
+    {
+        return Ok(false);
+    }
+    let saved = Recipe::read_resolved(&run.join("recipe.toml"))?;
+    Ok(saved.hash() == recipe.hash())
 }
 
 /// Refuses a new run in a folder that holds anything: its files (a user's, or what an

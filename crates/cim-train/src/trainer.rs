@@ -181,7 +181,8 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     if !text.is_empty() {
         text.push('\n');
     }
-    fs::write(path, text).with_context(|| format!("rewriting {}", path.display()))
+    // Atomic: a failed rewrite (a full disk) must not empty the run's history.
+    output::write_bytes(path, text.as_bytes())
 }
 
 /// The loss curve of a run folder's metrics as `loss.png`.
@@ -246,7 +247,7 @@ pub fn pretrain_distributed<B: Backend>(
     let (root, world) = (comm.rank() == 0, comm.world_size());
     // Every check comes before the first write to the run folder, so a refused start
     // leaves it as it was (module notes).
-    let resume_from = runs::start_point(run, &opts.resume)?;
+    let resume_from = runs::start_point(run, &opts.resume, recipe)?;
     let recipe_path = run.join("recipe.toml");
     if root && resume_from.is_some() && recipe_path.exists() {
         let saved = Recipe::read_resolved(&recipe_path)?;
@@ -347,7 +348,12 @@ pub fn pretrain_distributed<B: Backend>(
     let mut nonfinite_run = 0u32;
     let mut last_loss = f32::NAN;
     let mut last_ckpt = None;
-    let mut last_saved = None;
+    // A checkpoint of this run folder we resumed from is already saved (at a step no
+    // further training may reach); a fork's lies elsewhere and is saved here.
+    let mut last_saved = resume_from
+        .as_ref()
+        .filter(|dir| runs::is_checkpoint_of(run, dir))
+        .map(|_| state.step);
     let mut replica_digest = None;
     let mut interrupted = false;
     let mut window = (Instant::now(), 0u64, 0.0f64);

@@ -446,6 +446,52 @@ fn a_new_run_needs_an_absent_or_empty_folder() {
     assert_eq!(s.unwrap().steps, 1);
 }
 
+/// A requeued `--resume auto` job whose first start died before any complete checkpoint
+/// starts over, but only when the folder holds nothing beyond what that start of this
+/// same recipe wrote; and resuming a run with no step left does not rewrite its
+/// checkpoint (the rewrite replaced the only copy).
+#[test]
+fn requeued_starts_begin_again_and_finished_runs_are_left_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    let left = |name: &str, recipe_text: &str| {
+        let run = dir.path().join(name);
+        fs::create_dir_all(run.join("checkpoints/.tmp-step-00000001")).unwrap();
+        fs::write(run.join("recipe.toml"), recipe_text).unwrap();
+        fs::write(run.join("metrics.jsonl"), "{\"step\":1,\"loss\":9.0}\n").unwrap();
+        fs::write(run.join("skipped.jsonl"), "").unwrap();
+        run
+    };
+    let killed = left("killed", &r.to_toml());
+    let e = train(&b, &r, &killed, Resume::No, Some(1)).unwrap_err();
+    assert!(e.to_string().contains("is not empty"), "{e}");
+    assert_eq!(
+        train(&b, &r, &killed, Resume::Auto, Some(2)).unwrap().steps,
+        2
+    );
+    assert_eq!(
+        metric_steps(&killed),
+        [1, 2],
+        "the dead start's metrics are replaced"
+    );
+    let other = Recipe::load("micro", &["optim.epochs=5".into()]).unwrap();
+    let foreign = left("foreign", &other.to_toml());
+    let e = train(&b, &r, &foreign, Resume::Auto, Some(1)).unwrap_err();
+    assert!(e.to_string().contains("is not empty"), "{e}");
+    let with_notes = left("notes", &r.to_toml());
+    fs::write(with_notes.join("notes.txt"), "mine").unwrap();
+    let e = train(&b, &r, &with_notes, Resume::Auto, Some(1)).unwrap_err();
+    assert!(e.to_string().contains("notes.txt"), "{e}");
+
+    let weights = checkpoint::step_dir(&killed, 2).join("model.safetensors");
+    let inode = fs::metadata(&weights).unwrap().ino();
+    let s = train(&b, &r, &killed, Resume::Auto, Some(2)).unwrap();
+    assert_eq!(s.steps, 2);
+    assert_eq!(fs::metadata(&weights).unwrap().ino(), inode, "rewritten");
+}
+
 #[test]
 fn a_checkpoint_with_an_unexpected_tensor_is_refused() {
     let b = Reference::new();
@@ -475,4 +521,20 @@ fn a_checkpoint_with_an_unexpected_tensor_is_refused() {
         );
         fs::write(&path, original).unwrap();
     }
+}
+
+/// A link to a checkpoint (`latest -> RUN/checkpoints/step-N`) leads to its own run, whose
+/// recipe.toml says how to build the model.
+#[test]
+fn a_link_to_a_checkpoint_finds_its_run() {
+    let b = Reference::new();
+    let r = recipe();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&b, &r, &run, Resume::No, Some(1)).unwrap();
+    let latest = dir.path().join("latest");
+    std::os::unix::fs::symlink(checkpoint::step_dir(&run, 1), &latest).unwrap();
+    let found = cim_train::runs::locate(&latest).unwrap();
+    assert_eq!(found.run, run.canonicalize().unwrap());
+    cim_train::runs::open(&b, &latest, 1).unwrap();
 }
