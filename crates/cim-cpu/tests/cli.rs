@@ -498,15 +498,20 @@ fn a_signal_stops_other_subcommands_at_once() {
 
 /// `pretrain --recipe micro` on `data` into `out` for `steps` steps, with `extra` flags.
 fn pretrain(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> (bool, String) {
-    let out = bin()
-        .args(["pretrain", "--recipe", "micro", "--no-progress", "--data"])
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(["--max-steps", &steps.to_string()])
-        .args(extra)
-        .output()
-        .unwrap();
+    outcome(
+        bin()
+            .args(["pretrain", "--recipe", "micro", "--no-progress", "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(out)
+            .args(["--max-steps", &steps.to_string()])
+            .args(extra),
+    )
+}
+
+/// Whether `cmd` succeeded, and its stdout and stderr.
+fn outcome(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
@@ -570,12 +575,7 @@ fn pack_makes_shards_that_pretrain_reads() {
     images(&data);
     std::fs::write(data.join("zz-text.jpg"), "not a jpeg").unwrap();
     let pack = dir.path().join("pack");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let out = bin().args(args).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
+    let run = |args: &[&std::ffi::OsStr]| outcome(bin().args(args));
     let args = [
         "pack".as_ref(),
         data.as_os_str(),
