@@ -13,10 +13,9 @@ bin=${CARGO_TARGET_DIR:-target}/release/cim-cpu
 out=runs/demo
 if [ -d "$out/checkpoints" ]; then
     echo "demo: continuing the run in $out (delete it to start over)"
-    resume=(--resume auto)
-else
-    resume=()
 fi
-"$bin" pretrain --recipe demo --data data/photos --out "$out" "${resume[@]}" "$@"
+# auto: continue from the newest checkpoint; with none, start (over, if an earlier start
+# of the same recipe died before its first checkpoint).
+"$bin" pretrain --recipe demo --data data/photos --out "$out" --resume auto "$@"
 "$bin" visualize --checkpoint "$out" --images data/imagenet-val --out "$out/figure5-heldout.png" --count 8
 echo "demo: done; see $out/loss.png, $out/figure5.png, $out/figure5-heldout.png and $out/metrics.jsonl"
