@@ -152,7 +152,8 @@ pub struct Summary {
     /// Undecodable files this process passed over (each logged to skipped.jsonl), in
     /// total.
     pub skipped_files: u64,
-    /// The last checkpoint written.
+    /// The run's newest checkpoint (rank 0 only): the last one written, or the one the run
+    /// resumed from when no step was left to take.
     pub checkpoint: Option<PathBuf>,
     /// Whether a signal stopped the run early.
     pub interrupted: bool,
@@ -347,13 +348,16 @@ pub fn pretrain_distributed<B: Backend>(
     let buckets = distributed::gradient_buckets(model.layout(), DEFAULT_BUCKET_BYTES);
     let mut nonfinite_run = 0u32;
     let mut last_loss = f32::NAN;
-    let mut last_ckpt = None;
     // A checkpoint of this run folder we resumed from is already saved (at a step no
-    // further training may reach); a fork's lies elsewhere and is saved here.
-    let mut last_saved = resume_from
+    // further training may reach), and is the run's newest until another is written; a
+    // fork's lies elsewhere and is saved here.
+    // (Every rank decides alike: saving is collective.)
+    let resumed_here = resume_from
         .as_ref()
         .filter(|dir| runs::is_checkpoint_of(run, dir))
-        .map(|_| state.step);
+        .cloned();
+    let mut last_saved = resumed_here.as_ref().map(|_| state.step);
+    let mut last_ckpt = resumed_here.filter(|_| root);
     let mut replica_digest = None;
     let mut interrupted = false;
     let mut window = (Instant::now(), 0u64, 0.0f64);

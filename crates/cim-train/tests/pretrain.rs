@@ -490,6 +490,7 @@ fn requeued_starts_begin_again_and_finished_runs_are_left_alone() {
     let s = train(&b, &r, &killed, Resume::Auto, Some(2)).unwrap();
     assert_eq!(s.steps, 2);
     assert_eq!(fs::metadata(&weights).unwrap().ino(), inode, "rewritten");
+    assert_eq!(s.checkpoint, Some(checkpoint::step_dir(&killed, 2)));
 }
 
 #[test]
