@@ -112,6 +112,22 @@ fn epilogues_have_cublaslt_meaning_in_column_major_terms() {
         batch: 1,
         epilogue,
     };
+    // A vector off 16 bytes is refused, as cuBLASLt may load it in 16-byte units.
+    assert!(
+        device
+            .runs_epilogue(&call(0.0, Epilogue::Bias(bias_ptr)))
+            .unwrap()
+    );
+    assert!(
+        !device
+            .runs_epilogue(&call(0.0, Epilogue::Bias(bias_ptr + 4)))
+            .unwrap()
+    );
+    assert!(
+        !device
+            .runs_epilogue(&call(0.0, Epilogue::BiasGradientB(grad_ptr + 8)))
+            .unwrap()
+    );
     // SAFETY: every matrix and vector lies in the allocations above.
     unsafe { device.gemm(&call(0.0, Epilogue::Bias(bias_ptr))).unwrap() };
     let d = download(device, c_ptr, m * n);

@@ -110,7 +110,7 @@ impl Device for Emulator {
     }
 
     fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError> {
-        Ok(!(self.refuses)(g))
+        Ok(g.epilogue.vector_aligned() && !(self.refuses)(g))
     }
 
     /// The H100's (sm_90) limit, the card the emulator stands in for.
@@ -179,9 +179,9 @@ impl Device for Emulator {
                 "a GEMM epilogue needs batch 1, got {g:?}"
             )));
         }
-        if g.epilogue != Epilogue::None && (self.refuses)(g) {
+        if g.epilogue != Epilogue::None && !self.runs_epilogue(g)? {
             return Err(CudaError::invalid(format!(
-                "no algorithm for this epilogue (refused by the emulator): {g:?}"
+                "the emulator, like cuBLASLt, does not run this epilogue: {g:?}"
             )));
         }
         let c = g.c as *mut f32;

@@ -275,6 +275,7 @@ impl Device for Gpu {
     /// Asks cuBLASLt's heuristic once per shape (the answer, and the plan, are kept).
     fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError> {
         match &self.lt {
+            _ if !g.epilogue.vector_aligned() => Ok(false),
             Some(lt) => {
                 self.bind()?;
                 lt.runs(g, self.config.math)

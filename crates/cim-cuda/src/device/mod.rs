@@ -147,6 +147,19 @@ pub enum Epilogue {
     BiasGradientB(u64),
 }
 
+impl Epilogue {
+    /// Whether cuBLASLt may be handed this epilogue's vector: its alignment preferences
+    /// cover A to D but not the vector, and its kernels may load it in 16-byte units (a
+    /// packed parameter buffer can put a bias 4 or 8 bytes off). Both devices refuse an
+    /// epilogue whose vector fails this ([`Device::runs_epilogue`]).
+    pub fn vector_aligned(self) -> bool {
+        match self {
+            Epilogue::None => true,
+            Epilogue::Bias(ptr) | Epilogue::BiasGradientB(ptr) => ptr.is_multiple_of(16),
+        }
+    }
+}
+
 /// The element type of a GEMM's A and B in device memory (C is always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmInput {
@@ -265,7 +278,8 @@ pub trait Device: 'static {
     /// Whether the backend fuses the linear layers' bias work into GEMMs.
     fn bias_epilogue(&self) -> BiasEpilogue;
     /// Whether [`Device::gemm`] can run `g`, whose epilogue is not [`Epilogue::None`]:
-    /// cuBLASLt may find no algorithm for a shape, compute type, alignment and epilogue.
+    /// its vector must be aligned ([`Epilogue::vector_aligned`]), and cuBLASLt may find no
+    /// algorithm for a shape, compute type, alignment and epilogue.
     /// Queues nothing; the backend asks before it prepares the operands and takes the
     /// separate path on `false`.
     fn runs_epilogue(&self, g: &ColumnMajorGemm) -> Result<bool, CudaError>;

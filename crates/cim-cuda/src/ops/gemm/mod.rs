@@ -115,11 +115,8 @@ fn fuses<D: Device>(backend: &Cuda<D>, args: &LinearArgs) -> bool {
 /// [`cim_spec::backend::Backend::linear_forward`]: with [`BiasEpilogue::Fused`], one GEMM
 /// whose epilogue adds the bias. The row-major bias over y's columns is a bias over the
 /// rows of the column-major `y^T = W x^T`, which is what `CUBLASLT_EPILOGUE_BIAS`
-/// broadcasts (its vector has one value per row of D). Empty products, and biases not
-/// 16-byte aligned, take the separate path: cuBLASLt's alignment preferences cover A to D
-/// but not the bias, and its kernels may load the bias in 16-byte vectors (packed
-/// parameters put most encoder biases 4 or 8 bytes off, after the predictor's 1-2 bias
-/// values).
+/// broadcasts (its vector has one value per row of D). Empty products, and calls the
+/// device does not run (an unaligned bias, no cuBLASLt algorithm), take the separate path.
 pub(crate) fn linear_forward<D: Device>(
     backend: &Cuda<D>,
     y: DeviceViewMut<'_>,
@@ -128,7 +125,7 @@ pub(crate) fn linear_forward<D: Device>(
     bias: DeviceView<'_>,
     args: &LinearArgs,
 ) -> Result<(), CudaError> {
-    if !fuses(backend, args) || !bias.ptr().is_multiple_of(16) {
+    if !fuses(backend, args) {
         return linear_forward_separate(backend, y, x, weight, bias, args);
     }
     let call = ColumnMajorGemm {
