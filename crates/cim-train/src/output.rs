@@ -82,21 +82,49 @@ pub fn prepare_dir(dir: &Path, flag: &str) -> Result<()> {
             dir.display()
         );
     }
-    match fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                bail!(
-                    "{flag} {} already exists and is not empty: choose a new folder (nothing was written)",
-                    dir.display()
-                );
-            }
-            Ok(())
-        }
-        Err(_) if dir.exists() => bail!(
+    if let Some(names) = folder_contents(dir, flag)?
+        && !names.is_empty()
+    {
+        bail!(
+            "{flag} {} already exists and is not empty (it holds {}): choose a new folder (nothing was written)",
+            dir.display(),
+            some_of(&names)
+        );
+    }
+    Ok(())
+}
+
+/// What the would-be output folder `dir` (passed as `flag`) holds: `None` when it does not
+/// exist, else the names of its entries, sorted; an error when it exists but is not a
+/// folder, or cannot be listed.
+pub fn folder_contents(dir: &Path, flag: &str) -> Result<Option<Vec<String>>> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(None);
+    }
+    if !dir.is_dir() {
+        bail!(
             "{flag} {} exists and is not a folder: choose a new folder",
             dir.display()
-        ),
-        Err(_) => Ok(()),
+        );
+    }
+    let mut names = fs::read_dir(dir)
+        .and_then(|entries| {
+            entries
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .with_context(|| format!("listing {}", dir.display()))?;
+    names.sort();
+    Ok(Some(names))
+}
+
+/// A few of `names` for a message: the first three, then how many more.
+pub fn some_of(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let shown = names[..names.len().min(SHOWN)].join(", ");
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown,
+        n => format!("{shown} and {n} more"),
     }
 }
 

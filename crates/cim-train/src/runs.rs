@@ -3,7 +3,6 @@
 //! deciding, before a run writes anything, where it starts and whether its folder is safe
 //! to write to.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,6 +10,7 @@ use cim_model::Cim;
 use cim_spec::backend::Backend;
 
 use crate::checkpoint::{self, TrainState};
+use crate::output;
 use crate::recipe::Recipe;
 use crate::trainer::Resume;
 
@@ -171,16 +171,9 @@ pub fn is_checkpoint_of(run: &Path, checkpoint: &Path) -> bool {
 /// complete checkpoint: recipe.toml (this recipe's, by hash), metrics.jsonl, loss.png,
 /// the skip logs, and a checkpoints folder holding only unfinished `.tmp-step-*` ones.
 fn left_by_a_start_of(run: &Path, recipe: &Recipe) -> Result<bool> {
-    let Ok(entries) = fs::read_dir(run) else {
+    let Some(run_files) = output::folder_contents(run, "--out")? else {
         return Ok(false);
     };
-    let names = |dir: &Path, entries: fs::ReadDir| -> Result<Vec<String>> {
-        entries
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("listing {}", dir.display()))
-    };
-    let run_files = names(run, entries)?;
     let ours = |n: &str| {
         matches!(
             n,
@@ -190,12 +183,10 @@ fn left_by_a_start_of(run: &Path, recipe: &Recipe) -> Result<bool> {
     if !run_files.iter().all(|n| ours(n)) || !run_files.iter().any(|n| n == "recipe.toml") {
         return Ok(false);
     }
-    let checkpoints = run.join("checkpoints");
-    if let Ok(entries) = fs::read_dir(&checkpoints)
-        && !names(&checkpoints, entries)?
-            .iter()
-            .all(|n| n.starts_with(".tmp-step-"))
-    {
+    let unfinished_only = output::folder_contents(&run.join("checkpoints"), "--out")
+        .map(|names| names.unwrap_or_default())
+        .is_ok_and(|names| names.iter().all(|n| n.starts_with(".tmp-step-")));
+    if !unfinished_only {
         return Ok(false);
     }
     let saved = Recipe::read_resolved(&run.join("recipe.toml"))?;
@@ -205,30 +196,12 @@ fn left_by_a_start_of(run: &Path, recipe: &Recipe) -> Result<bool> {
 /// Refuses a new run in a folder that holds anything: its files (a user's, or what an
 /// earlier run left before its first complete checkpoint) would be overwritten or mixed in.
 fn require_empty(run: &Path, start: &str) -> Result<()> {
-    if !run.exists() {
-        return Ok(());
+    match output::folder_contents(run, "--out")? {
+        Some(names) if !names.is_empty() => bail!(
+            "run folder {} is not empty (it holds {}) and has no complete checkpoint to resume: {start} needs an absent or empty --out, so that nothing there is overwritten; choose another --out, or delete the folder",
+            run.display(),
+            output::some_of(&names)
+        ),
+        _ => Ok(()),
     }
-    if !run.is_dir() {
-        bail!("--out {} is a file, not a run folder", run.display());
-    }
-    let mut names: Vec<String> = fs::read_dir(run)
-        .with_context(|| format!("listing {}", run.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    names.sort();
-    const SHOWN: usize = 3;
-    let more = match names.len().saturating_sub(SHOWN) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
-    names.truncate(SHOWN);
-    bail!(
-        "run folder {} is not empty (it holds {}{more}) and has no complete checkpoint to resume: {start} needs an absent or empty --out, so that nothing there is overwritten; choose another --out, or delete the folder",
-        run.display(),
-        names.join(", ")
-    )
 }
